@@ -1,0 +1,157 @@
+"""Cameras: random training views (DreamFusion ranges), view labels for prompts, turntable orbits.
+
+World frame: Y up, the object's canonical front faces +Z. A camera at azimuth 0 and elevation 0 sits on the
++Z axis looking at the origin (it sees the front); azimuth grows counter-clockwise seen from above (towards
++X). Camera frame: OpenGL (looks down -Z, +Y up, +X right). Angles in degrees.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+VIEW_LABELS = ("front", "side", "back", "overhead")
+
+
+@dataclass
+class Cameras:
+    """A batch of B pinhole cameras rendering H x W images."""
+
+    c2w: Tensor  # [B,4,4] camera-to-world
+    fovy: Tensor  # [B] degrees
+    elevation: Tensor  # [B] degrees
+    azimuth: Tensor  # [B] degrees, in [-180, 180)
+    distance: Tensor  # [B]
+    light_position: Tensor  # [B,3] world position of the point light
+    height: int
+    width: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.c2w.shape[0]
+
+    @property
+    def position(self) -> Tensor:  # [B,3]
+        return self.c2w[:, :3, 3]
+
+    def to(self, device: torch.device | str) -> "Cameras":
+        return Cameras(
+            self.c2w.to(device), self.fovy.to(device), self.elevation.to(device), self.azimuth.to(device),
+            self.distance.to(device), self.light_position.to(device), self.height, self.width,
+        )
+
+    def focal(self) -> Tensor:  # [B] in pixels
+        return 0.5 * self.height / torch.tan(torch.deg2rad(self.fovy) / 2)
+
+    def rays(self) -> tuple[Tensor, Tensor]:
+        """World-space rays through pixel centres: origins [B,H,W,3], unit directions [B,H,W,3]."""
+        B, H, W = self.batch_size, self.height, self.width
+        dev = self.c2w.device
+        j, i = torch.meshgrid(
+            torch.arange(H, device=dev, dtype=torch.float32) + 0.5,
+            torch.arange(W, device=dev, dtype=torch.float32) + 0.5,
+            indexing="ij",
+        )
+        f = self.focal().view(B, 1, 1)
+        dirs_cam = torch.stack(
+            [(i - W / 2).expand(B, H, W) / f, -(j - H / 2).expand(B, H, W) / f, -torch.ones(B, H, W, device=dev)],
+            dim=-1,
+        )  # [B,H,W,3]
+        dirs = torch.einsum("bij,bhwj->bhwi", self.c2w[:, :3, :3], dirs_cam)
+        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
+        origins = self.position.view(B, 1, 1, 3).expand(B, H, W, 3)
+        return origins, dirs
+
+    def view_labels(self, front_threshold: float = 45.0, overhead_threshold: float = 60.0) -> list[str]:
+        """DreamFusion view-dependent prompting: overhead above the elevation threshold, else front/side/back by azimuth."""
+        labels = []
+        for el, az in zip(self.elevation.tolist(), self.azimuth.tolist()):
+            a = abs((az + 180.0) % 360.0 - 180.0)
+            if el > overhead_threshold:
+                labels.append("overhead")
+            elif a < front_threshold:
+                labels.append("front")
+            elif a > 180.0 - front_threshold:
+                labels.append("back")
+            else:
+                labels.append("side")
+        return labels
+
+
+def look_at_c2w(position: Tensor, target: Optional[Tensor] = None) -> Tensor:
+    """Camera-to-world matrices [B,4,4] for cameras at ``position`` [B,3] looking at ``target`` (origin), Y up."""
+    B = position.shape[0]
+    target = torch.zeros_like(position) if target is None else target
+    forward = target - position
+    forward = forward / forward.norm(dim=-1, keepdim=True)
+    up = torch.tensor([0.0, 1.0, 0.0], device=position.device).expand(B, 3)
+    right = torch.cross(forward, up, dim=-1)
+    degenerate = right.norm(dim=-1) < 1e-6  # looking straight down/up: pick +X as right
+    right[degenerate] = torch.tensor([1.0, 0.0, 0.0], device=position.device)
+    right = right / right.norm(dim=-1, keepdim=True)
+    true_up = torch.cross(right, forward, dim=-1)
+    c2w = torch.eye(4, device=position.device).repeat(B, 1, 1)
+    c2w[:, :3, 0] = right
+    c2w[:, :3, 1] = true_up
+    c2w[:, :3, 2] = -forward
+    c2w[:, :3, 3] = position
+    return c2w
+
+
+def spherical_to_position(elevation: Tensor, azimuth: Tensor, distance: Tensor) -> Tensor:
+    """[B] degrees, degrees, units -> [B,3] positions (Y up, azimuth 0 on +Z)."""
+    el, az = torch.deg2rad(elevation), torch.deg2rad(azimuth)
+    return torch.stack(
+        [distance * torch.cos(el) * torch.sin(az), distance * torch.sin(el), distance * torch.cos(el) * torch.cos(az)],
+        dim=-1,
+    )
+
+
+def make_cameras(
+    elevation: Tensor, azimuth: Tensor, distance: Tensor, fovy: Tensor, height: int, width: int,
+    light_position: Optional[Tensor] = None,
+) -> Cameras:
+    position = spherical_to_position(elevation, azimuth, distance)
+    light = position.clone() if light_position is None else light_position
+    az = (azimuth + 180.0) % 360.0 - 180.0
+    return Cameras(look_at_c2w(position), fovy, elevation, az, distance, light, height, width)
+
+
+def _uniform(lo_hi: list[float], n: int, gen: torch.Generator) -> Tensor:
+    lo, hi = float(lo_hi[0]), float(lo_hi[1])
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def sample_cameras(cfg, gen: torch.Generator, batch_size: Optional[int] = None) -> Cameras:
+    """Random cameras from a :class:`dream3d.config.CameraConfig`.
+
+    Elevation is sampled uniformly on the sphere's height between the range's bounds (so overhead views are
+    not over-represented), azimuth, distance and fovy uniformly. The point light sits near the camera
+    direction (DreamFusion): camera direction plus N(0, 0.5) jitter, normalised, times a distance from
+    ``light_distance_range``.
+    """
+    n = batch_size or cfg.batch_size
+    lo, hi = (math.sin(math.radians(v)) for v in cfg.elevation_range)
+    elevation = torch.rad2deg(torch.asin((lo + (hi - lo) * torch.rand(n, generator=gen)).clamp(-1, 1)))
+    azimuth = _uniform(cfg.azimuth_range, n, gen)
+    distance = _uniform(cfg.distance_range, n, gen)
+    fovy = _uniform(cfg.fovy_range, n, gen)
+    position = spherical_to_position(elevation, azimuth, distance)
+    light_dir = position / position.norm(dim=-1, keepdim=True) + 0.5 * torch.randn(n, 3, generator=gen)
+    light_dir = light_dir / light_dir.norm(dim=-1, keepdim=True)
+    light = light_dir * _uniform(cfg.light_distance_range, n, gen)[:, None] * distance[:, None]
+    return make_cameras(elevation, azimuth, distance, fovy, cfg.height, cfg.width, light)
+
+
+def turntable(
+    n_views: int, elevation: float = 15.0, distance: float = 1.75, fovy: float = 55.0, size: int = 64,
+    start_azimuth: float = 0.0,
+) -> Cameras:
+    """``n_views`` cameras evenly spaced in azimuth on one orbit, starting at the front (azimuth 0)."""
+    az = start_azimuth + torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
+    full = torch.full((n_views,), 1.0)
+    return make_cameras(full * elevation, az, full * distance, full * fovy, size, size)

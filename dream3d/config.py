@@ -1,0 +1,395 @@
+"""Run configuration: dataclasses are the schema, recipe YAML files set values, ``key=value`` overrides win.
+
+``load_config(["prompt=a pineapple", "recipe=dreamfusion", "stages.coarse.steps=500"])`` returns a validated
+:class:`RunConfig`. Every problem (unknown key, wrong type, bad value, unknown recipe, missing prior folder)
+raises :class:`ConfigError` with one line that names the key and the expected form, before any work is done.
+
+Scalar schedules follow threestudio: a plain number, or ``[start_step, start_value, end_value, end_step]``
+interpolated linearly between the two steps (see :func:`dream3d.schedule.scheduled`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from dream3d.fields.encoding import HashGridConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+DEFAULT_PRIOR = "assets/priors/shapeworld"
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+# ----------------------------------------------------------------------------------------------- schema
+@dataclass
+class CameraConfig:
+    """Random training cameras (DreamFusion ranges) and the fixed validation/turntable orbit. Degrees."""
+
+    elevation_range: list[float] = field(default_factory=lambda: [-10.0, 90.0])
+    azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])
+    distance_range: list[float] = field(default_factory=lambda: [1.5, 2.0])
+    fovy_range: list[float] = field(default_factory=lambda: [40.0, 70.0])
+    light_distance_range: list[float] = field(default_factory=lambda: [0.8, 1.5])
+    height: int = 64
+    width: int = 64
+    batch_size: int = 1
+    front_threshold: float = 45.0  # |azimuth| below: "front"; above 180 - this: "back"
+    overhead_threshold: float = 60.0  # elevation above: "overhead"
+    eval_elevation: float = 15.0
+    eval_distance: float = 1.75
+    eval_fovy: float = 55.0
+    eval_size: int = 64
+
+
+@dataclass
+class NeRFConfig:
+    """Implicit volume: hash-grid encoding + one small MLP for density and albedo."""
+
+    radius: float = 1.0  # scene box [-radius, radius]^3
+    encoding: HashGridConfig = field(default_factory=HashGridConfig)
+    backend: str = "auto"  # hash grid: auto | torch | tcnn
+    hidden: int = 64
+    hidden_layers: int = 1
+    density_activation: str = "softplus"
+    blob_density: float = 10.0  # Magic3D blob: bias = blob_density * (1 - |x| / blob_radius)
+    blob_radius: float = 0.5
+    normals: str = "analytic"  # analytic (autograd of density) | finite_difference
+    finite_difference_eps: float = 0.01
+
+
+@dataclass
+class RendererConfig:
+    """Volume rendering (ray marching) settings."""
+
+    backend: str = "auto"  # auto | torch (a nerfacc backend is not wired in yet)
+    num_samples: int = 64  # samples per ray across the scene box
+    occupancy_grid: bool = True
+    grid_resolution: int = 32
+    grid_update_every: int = 16
+    grid_threshold: float = 0.01  # a cell is empty when its alpha over one sample step stays below this
+    grid_decay: float = 0.95
+    early_stop: float = 1e-4  # rays whose transmittance falls below this stop marching
+    march_chunks: int = 4  # the ray is marched in this many chunks; saturated rays skip later chunks
+    ambient_only_steps: int = 200  # albedo-only shading before this step
+    textureless_prob: float = 0.5
+    albedo_prob: float = 0.2
+    ambient: float = 0.1  # ambient light share in diffuse/textureless shading
+    background: str = "mlp"  # mlp (learned from view direction) | solid | random
+    background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+
+@dataclass
+class GuidanceConfig:
+    """Score distillation. ``guidance_scale`` follows diffusers: eps = uncond + s * (cond - uncond)."""
+
+    name: str = "sds"
+    guidance_scale: float = 100.0
+    t_min: Any = 0.02  # fraction of the scheduler's training timesteps; number or schedule
+    t_max: Any = 0.98
+    weighting: str = "sds"  # sds: w = 1 - alphā_t | uniform: w = 1 | fantasia: w = sqrt(alphā_t)(1 - alphā_t)
+    grad_clip: Any = None  # clip the per-element SDS gradient to [-c, c]; number, schedule or null
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms: numbers or schedules. Zero switches a term off (it is not computed)."""
+
+    sds: Any = 1.0
+    vsd: Any = 1.0
+    lora: Any = 1.0
+    orient: Any = field(default_factory=lambda: [0, 10.0, 1000.0, 5000])
+    sparsity: Any = 0.0  # mean sqrt(opacity^2 + 0.01): fewer occupied pixels
+    opacity: Any = 0.0  # binary entropy of opacity: crisp silhouettes
+
+
+@dataclass
+class OptimConfig:
+    lr_encoding: float = 0.01
+    lr_network: float = 0.001
+    lr_background: float = 0.001
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+
+
+@dataclass
+class StageConfig:
+    """One stage of a recipe: a Lightning system optimising one representation."""
+
+    system: str = "nerf-sds"
+    steps: int = 1000
+    init: Optional[str] = None  # name of an earlier stage whose result initialises this one
+    representation: NeRFConfig = field(default_factory=NeRFConfig)
+    renderer: RendererConfig = field(default_factory=RendererConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    val_every: int = 200
+    ckpt_every: int = 200
+
+
+@dataclass
+class RunConfig:
+    """A whole run: prompt, prior, recipe stages and run-wide settings."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    view_dependent: bool = True
+    recipe: str = "dreamfusion"
+    prior: str = DEFAULT_PRIOR
+    prior_dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    output_dir: str = "outputs"
+    name: Optional[str] = None  # run folder name; default <prompt-slug>-<time>
+    steps: Optional[int] = None  # total step budget, split over the stages in the recipe's proportions
+    guidance: Optional[str] = None  # shorthand: sets every stage's guidance.name
+    export: bool = False  # export at the end of fit (needs the export issue; false until then)
+    compile: bool = False  # torch.compile the render (1.5x after a 20-40 s warm-up)
+    stages: dict[str, StageConfig] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------- recipes & keys
+def list_recipes() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def main_keys() -> list[tuple[str, str]]:
+    """(key, description) of the run-wide keys, for ``--help``."""
+    out = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name == "stages":
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else "..."
+        out.append((f.name, f"default {default!r}"))
+    out.append(("stages.<name>.<key>", "per-stage settings, e.g. stages.coarse.steps=500"))
+    return out
+
+
+def _schema_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            keys.append(prefix + f.name)
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                keys.extend(_schema_keys(value, prefix + f.name + "."))
+    return keys
+
+
+def _close(key: str, candidates: list[str]) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    leaves = sorted({c.rsplit(".", 1)[-1] for c in candidates})
+    hits = difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(h) for h in hits)}?)" if hits else ""
+
+
+def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
+    full_key = getattr(exc, "full_key", None) or "?"
+    if isinstance(exc, ConfigKeyError):
+        leaf_schema = _schema_keys(StageConfig()) if full_key.startswith("stages.") else _schema_keys(RunConfig())
+        return ConfigError(f"unknown key '{full_key}' in {source}{_close(full_key, leaf_schema)}")
+    if isinstance(exc, ValidationError):
+        msg = str(exc).splitlines()[0]
+        m = re.search(r"could not be converted to (\w+)", msg)
+        expected = m.group(1).lower() if m else ("a value, not null" if "is not Optional" in msg else "the declared type")
+        value = re.search(r"Value '(.*?)'", msg)
+        got = f" got {value.group(1)!r}" if value else ""
+        return ConfigError(f"{full_key}: expected {expected},{got} (in {source})")
+    return ConfigError(f"{full_key}: {str(exc).splitlines()[0]} (in {source})")
+
+
+# --------------------------------------------------------------------------------------------- loading
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """``["a=1", "b.c=x y"]`` -> ordered dict. Raises ConfigError for an argument without '='."""
+    out: dict[str, str] = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"argument '{arg}': expected key=value (e.g. prompt=\"a pineapple\")")
+        key, value = arg.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def _merge(base: DictConfig, updates: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, updates)
+    except OmegaConfBaseException as exc:
+        raise _one_line(exc, source) from None
+
+
+def load_config(args: list[str] | dict[str, str], base: Optional[DictConfig] = None) -> RunConfig:
+    """Merge schema <- recipe YAML (or ``base``, a stored run config) <- overrides; validate; return."""
+    overrides = parse_overrides(args) if isinstance(args, list) else dict(args)
+    schema = OmegaConf.structured(RunConfig)
+    if base is None:
+        recipe = overrides.get("recipe", RunConfig.recipe)
+        path = CONFIG_DIR / f"{recipe}.yaml"
+        if not path.is_file():
+            recipes = list_recipes()
+            hint = difflib.get_close_matches(recipe, recipes, n=1)
+            raise ConfigError(
+                f"recipe: unknown recipe '{recipe}'; expected one of {', '.join(recipes)}"
+                + (f" (did you mean '{hint[0]}'?)" if hint else "")
+            )
+        try:
+            recipe_cfg = OmegaConf.load(path)
+        except Exception as exc:  # yaml syntax
+            raise ConfigError(f"recipe file {path}: {str(exc).splitlines()[0]}") from None
+        stage_names = list((recipe_cfg.get("stages") or {}).keys())
+        cfg = _merge(schema, recipe_cfg, f"recipe {path.name}")
+        cfg.recipe = recipe
+    else:
+        stage_names = list(base.stages.keys())
+        cfg = _merge(schema, base, "stored run config")
+    for key in overrides:
+        if key.startswith("stages."):
+            parts = key.split(".")
+            if len(parts) < 3 or parts[1] not in stage_names:
+                raise ConfigError(
+                    f"unknown key '{key}': recipe '{cfg.recipe}' has stages {', '.join(stage_names)};"
+                    " expected stages.<stage>.<key>=value"
+                )
+    dot = [f"{k}={v}" if v.strip() else f"{k}=''" for k, v in overrides.items()]  # keep "" a string, not null
+    try:
+        dotcfg = OmegaConf.from_dotlist(dot)
+    except Exception as exc:
+        raise ConfigError(f"overrides: {str(exc).splitlines()[0]}") from None
+    cfg = _merge(cfg, dotcfg, "command line")
+    run: RunConfig = OmegaConf.to_object(cfg)
+    _apply_shorthands(run)
+    validate(run)
+    return run
+
+
+def _apply_shorthands(cfg: RunConfig) -> None:
+    if cfg.guidance is not None:
+        for stage in cfg.stages.values():
+            stage.guidance.name = cfg.guidance
+    if cfg.steps is not None and cfg.steps > 0 and cfg.stages:
+        total = sum(s.steps for s in cfg.stages.values()) or 1
+        names = list(cfg.stages)
+        left = cfg.steps
+        for i, name in enumerate(names):
+            stage = cfg.stages[name]
+            n = left if i == len(names) - 1 else max(1, round(cfg.steps * stage.steps / total))
+            stage.steps, left = n, left - n
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _check_schedule(key: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)) and len(value) == 4 and all(isinstance(v, (int, float)) for v in value):
+        if value[3] < value[0]:
+            raise ConfigError(f"{key}: schedule end_step {value[3]} is before start_step {value[0]}")
+        return
+    raise ConfigError(f"{key}: expected a number or [start_step, start_value, end_value, end_step], got {value!r}")
+
+
+def _check_range(key: str, value: list[float], lo: float, hi: float) -> None:
+    if len(value) != 2 or not (lo <= value[0] <= value[1] <= hi):
+        raise ConfigError(f"{key}: expected [min, max] with {lo} <= min <= max <= {hi}, got {list(value)}")
+
+
+def _choice(key: str, value: str, options: list[str]) -> None:
+    if value not in options:
+        raise ConfigError(f"{key}: expected one of {', '.join(options)}, got '{value}'")
+
+
+def resolve_prior_path(prior: str) -> str:
+    """A local folder (absolute, relative to the working directory or to the project) or a hub id."""
+    for candidate in (Path(prior).expanduser(), PROJECT_ROOT / prior):
+        if candidate.is_dir():
+            if not (candidate / "model_index.json").is_file() and not (candidate / "unet").is_dir():
+                raise ConfigError(f"prior: folder {candidate} has no model_index.json or unet/ (expected a diffusers pipeline folder)")
+            return str(candidate.resolve())
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", prior) and not prior.startswith((".", "/", "~")):
+        return prior  # a hub id; from_pretrained resolves it (cache or download)
+    hint = " (the shape-world prior is not shipped yet: pass prior=<diffusers folder or hub id>)" if prior == DEFAULT_PRIOR else ""
+    raise ConfigError(f"prior: folder '{prior}' not found; expected a diffusers pipeline folder or a hub id like stabilityai/stable-diffusion-2-1-base{hint}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check values that types alone cannot. Raises ConfigError (one line) on the first problem."""
+    from dream3d.registry import GUIDANCES, SYSTEMS
+
+    if not cfg.prompt.strip():
+        raise ConfigError('prompt: expected a non-empty text, e.g. prompt="a pineapple"')
+    if cfg.steps is not None and cfg.steps <= 0:
+        raise ConfigError(f"steps: expected a positive integer, got {cfg.steps}")
+    _choice("device", cfg.device, ["auto", "cpu", "cuda"])
+    _choice("prior_dtype", cfg.prior_dtype, ["auto", "fp32", "fp16", "bf16"])
+    if cfg.name is not None and (not cfg.name.strip() or "/" in cfg.name or cfg.name in (".", "..")):
+        raise ConfigError(f"name: expected a folder name without '/', got '{cfg.name}'")
+    if not cfg.stages:
+        raise ConfigError(f"stages: recipe '{cfg.recipe}' defines no stages")
+    if cfg.export:
+        raise ConfigError("export: exporting meshes and videos is not yet available (export issue); expected export=false")
+    seen: list[str] = []
+    for name, st in cfg.stages.items():
+        p = f"stages.{name}"
+        if st.steps <= 0:
+            raise ConfigError(f"{p}.steps: expected a positive integer, got {st.steps}")
+        _choice(f"{p}.system", st.system, sorted(SYSTEMS))
+        _choice(f"{p}.guidance.name", st.guidance.name, sorted(GUIDANCES))
+        if st.init is not None and st.init not in seen:
+            raise ConfigError(f"{p}.init: expected the name of an earlier stage ({', '.join(seen) or 'none'}), got '{st.init}'")
+        seen.append(name)
+        for key in ("val_every", "ckpt_every"):
+            if getattr(st, key) <= 0:
+                raise ConfigError(f"{p}.{key}: expected a positive integer, got {getattr(st, key)}")
+        c = st.camera
+        _check_range(f"{p}.camera.elevation_range", c.elevation_range, -90, 90)
+        _check_range(f"{p}.camera.azimuth_range", c.azimuth_range, -360, 360)
+        _check_range(f"{p}.camera.distance_range", c.distance_range, 1e-3, 1e3)
+        _check_range(f"{p}.camera.fovy_range", c.fovy_range, 1, 179)
+        _check_range(f"{p}.camera.light_distance_range", c.light_distance_range, 0, 1e3)
+        for key in ("height", "width", "batch_size", "eval_size"):
+            if getattr(c, key) <= 0:
+                raise ConfigError(f"{p}.camera.{key}: expected a positive integer, got {getattr(c, key)}")
+        r = st.renderer
+        _choice(f"{p}.renderer.backend", r.backend, ["auto", "torch"])
+        _choice(f"{p}.renderer.background", r.background, ["mlp", "solid", "random"])
+        if r.num_samples <= 0 or r.march_chunks <= 0 or r.num_samples % r.march_chunks:
+            raise ConfigError(f"{p}.renderer.num_samples: expected a positive multiple of march_chunks ({r.march_chunks}), got {r.num_samples}")
+        if len(r.background_color) != 3:
+            raise ConfigError(f"{p}.renderer.background_color: expected [r, g, b] in [0, 1], got {r.background_color}")
+        n = st.representation
+        _choice(f"{p}.representation.backend", n.backend, ["auto", "torch", "tcnn"])
+        _choice(f"{p}.representation.normals", n.normals, ["analytic", "finite_difference"])
+        _choice(f"{p}.representation.density_activation", n.density_activation, ["softplus", "trunc_exp", "relu"])
+        if n.radius <= 0:
+            raise ConfigError(f"{p}.representation.radius: expected a positive number, got {n.radius}")
+        g = st.guidance
+        _choice(f"{p}.guidance.weighting", g.weighting, ["sds", "uniform", "fantasia"])
+        _check_schedule(f"{p}.guidance.t_min", g.t_min)
+        _check_schedule(f"{p}.guidance.t_max", g.t_max)
+        _check_schedule(f"{p}.guidance.grad_clip", g.grad_clip, allow_none=True)
+        for f in dataclasses.fields(LossConfig):
+            _check_schedule(f"{p}.loss.{f.name}", getattr(st.loss, f.name))
+    cfg.prior = resolve_prior_path(cfg.prior)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def load_stored(path: Path) -> DictConfig:
+    """The resolved config stored in a run folder."""
+    if not path.is_file():
+        raise ConfigError(f"resume: {path} not found (expected a dream3d run folder with config.yaml)")
+    return OmegaConf.load(path)

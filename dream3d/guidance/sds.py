@@ -1,0 +1,127 @@
+r"""Score Distillation Sampling (DreamFusion, Poole et al. 2022).
+
+Given a render x (pixels, or VAE latents z = E(x) for latent priors), SDS draws a timestep
+t ~ U[t_min·T, t_max·T] and noise ε ~ N(0, I), forms the noisy sample
+
+    z_t = sqrt(ᾱ_t) z + sqrt(1 - ᾱ_t) ε                     (scheduler.add_noise)
+
+and asks the frozen prior for its noise prediction with classifier-free guidance, in the diffusers
+convention used everywhere in dream3d:
+
+    ε̂ = ε_φ(z_t; t, y_∅) + s · (ε_φ(z_t; t, y) - ε_φ(z_t; t, y_∅))
+
+(y: the view-dependent prompt, y_∅: the negative/empty prompt, s: ``guidance_scale``; DreamFusion uses
+s = 100). The SDS gradient with respect to z is
+
+    ∇_z L_SDS = w(t) · (ε̂ - ε)
+
+with w(t) = 1 - ᾱ_t ("sds"), 1 ("uniform") or sqrt(ᾱ_t)(1 - ᾱ_t) ("fantasia"). The UNet's Jacobian is
+skipped. We realise the gradient with the usual trick: target = (z - ∇_z L).detach() and
+L = ½‖z - target‖² / B, whose gradient with respect to z is exactly ∇_z L_SDS (per image; the loss is summed
+over elements and averaged over the batch). Optional ``grad_clip`` clamps ∇_z L element-wise to [-c, c].
+v-prediction and x0-prediction priors are converted to ε first.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dream3d.schedule import scheduled
+
+
+def predicted_noise(prior, z_t: Tensor, t: Tensor, eps_or_v: Tensor) -> Tensor:
+    """Convert the UNet's output to a noise prediction ε according to the scheduler's prediction_type."""
+    kind = prior.scheduler.config.prediction_type
+    if kind == "epsilon":
+        return eps_or_v
+    abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1).to(z_t.dtype)
+    if kind == "v_prediction":  # v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0  =>  ε = sqrt(ᾱ) v + sqrt(1-ᾱ) z_t
+        return abar.sqrt() * eps_or_v + (1 - abar).sqrt() * z_t
+    if kind == "sample":  # x0 prediction
+        return (z_t - abar.sqrt() * eps_or_v) / (1 - abar).sqrt()
+    raise ValueError(f"scheduler prediction_type '{kind}' is not supported (expected epsilon, v_prediction or sample)")
+
+
+def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """Classifier-free guided noise prediction ε̂ = ε(∅) + s (ε(y) - ε(∅)); one batched UNet call."""
+    B = z_t.shape[0]
+    with torch.no_grad():
+        out = prior.unet(
+            torch.cat([z_t, z_t]).to(prior.dtype), torch.cat([t, t]), encoder_hidden_states=torch.cat([cond, uncond]),
+        ).sample
+        eps = predicted_noise(prior, torch.cat([z_t, z_t]), torch.cat([t, t]), out.float())
+    eps_cond, eps_uncond = eps[:B], eps[B:]
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def weighting(name: str, abar: Tensor) -> Tensor:
+    if name == "sds":
+        return 1 - abar
+    if name == "uniform":
+        return torch.ones_like(abar)
+    if name == "fantasia":
+        return abar.sqrt() * (1 - abar)
+    raise ValueError(f"guidance.weighting: unknown '{name}' (expected sds, uniform or fantasia)")
+
+
+def to_model_space(prior, rgb: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """rgb [B,H,W,3] in [0,1] -> the prior's input space [B,C,h,w], resized to the prior's resolution."""
+    x = rgb.permute(0, 3, 1, 2)
+    size = prior.image_size
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
+    return prior.encode_images(x, generator).float()
+
+
+class SDSGuidance:
+    """SDS as a function of renders: ``guidance(rgb, cond, uncond, step) -> {"sds": loss}`` plus diagnostics.
+
+    ``cfg`` is a :class:`dream3d.config.GuidanceConfig`. Holds no trainable state, so it is not an nn.Module
+    and nothing of the frozen prior can end up in a checkpoint.
+    """
+
+    def __init__(self, cfg: Any, prior):
+        self.cfg = cfg
+        self.prior = prior
+
+    def timestep_range(self, step: int) -> tuple[int, int]:
+        T = self.prior.num_train_timesteps
+        lo = int(scheduled(self.cfg.t_min, step) * T)
+        hi = int(scheduled(self.cfg.t_max, step) * T)
+        return max(lo, 0), min(max(hi, lo + 1), T - 1)
+
+    def __call__(
+        self,
+        rgb: Tensor,
+        cond: Tensor,
+        uncond: Tensor,
+        step: int = 0,
+        generator: Optional[torch.Generator] = None,
+        t: Optional[Tensor] = None,
+        noise: Optional[Tensor] = None,
+        cameras: Any = None,
+    ) -> dict[str, Tensor]:
+        """rgb [B,H,W,3] in [0,1]; cond/uncond [B,L,D]. ``t`` [B] and ``noise`` fix the random draws (tests)."""
+        prior = self.prior
+        z = to_model_space(prior, rgb, generator)
+        B = z.shape[0]
+        if t is None:
+            lo, hi = self.timestep_range(step)
+            t = torch.randint(lo, hi + 1, (B,), generator=generator).to(z.device)
+        if noise is None:
+            noise = torch.randn(z.shape, generator=generator).to(z.device)
+        z_t = prior.scheduler.add_noise(z.detach(), noise, t)
+        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale)
+        abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+        grad = weighting(self.cfg.weighting, abar) * (eps_hat - noise)
+        grad = torch.nan_to_num(grad)
+        clip = scheduled(self.cfg.grad_clip, step) if self.cfg.grad_clip is not None else 0.0
+        if clip > 0:
+            grad = grad.clamp(-clip, clip)
+        target = (z - grad).detach()
+        loss = 0.5 * F.mse_loss(z, target, reduction="sum") / B
+        return {"sds": loss, "grad_norm": grad.norm().detach(), "t": t.float().mean().detach()}

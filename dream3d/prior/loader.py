@@ -1,0 +1,133 @@
+"""Load a frozen text-to-image diffusion prior from a diffusers pipeline folder or a hub id.
+
+The same code serves the shipped shape-world prior and Stable Diffusion: every component is read with
+``from_pretrained(path, subfolder=...)``. Latent priors have a ``vae/``; pixel-space priors do not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+
+
+class PriorError(RuntimeError):
+    """One-line error while loading a prior."""
+
+
+@dataclass
+class Prior:
+    """Frozen components of a text-to-image diffusion model (requires_grad False, eval mode)."""
+
+    unet: Any  # diffusers UNet2DConditionModel
+    text_encoder: Any  # transformers CLIPTextModel (or compatible)
+    tokenizer: Any
+    scheduler: Any  # diffusers DDPM-compatible scheduler: alphas_cumprod, add_noise
+    vae: Optional[Any]  # AutoencoderKL for latent priors, None for pixel-space priors
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.vae is None:
+            return 1
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        """Pixel resolution the prior was trained at (renders are resized to it)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def alphas_cumprod(self) -> Tensor:  # [T] on the prior's device, float32
+        return self.scheduler.alphas_cumprod.to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """[N, L, D] text embeddings (last hidden state), in the prior's dtype."""
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        )
+        return self.text_encoder(tokens.input_ids.to(self.device))[0].to(self.dtype)
+
+    def encode_images(self, images: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """images [B,3,H,W] in [0,1] at ``image_size`` -> model space [B,C,h,w] (differentiable).
+
+        Latent priors: a sample of the VAE posterior times ``scaling_factor``. Pixel priors: images in [-1,1].
+        """
+        x = images * 2.0 - 1.0
+        if self.vae is None:
+            return x.to(self.dtype)
+        posterior = self.vae.encode(x.to(self.dtype)).latent_dist
+        return posterior.sample(generator) * self.vae.config.scaling_factor
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Model space [B,C,h,w] -> images [B,3,H,W] in [0,1]."""
+        if self.vae is not None:
+            z = self.vae.decode(z / self.vae.config.scaling_factor).sample
+        return (z.float() / 2 + 0.5).clamp(0, 1)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
+def _has_component(path: str, name: str) -> bool:
+    local = Path(path)
+    if local.is_dir():
+        index = local / "model_index.json"
+        if index.is_file():
+            entry = json.loads(index.read_text()).get(name)
+            return bool(entry) and entry[0] is not None and (local / name).is_dir()
+        return (local / name).is_dir()
+    from huggingface_hub import hf_hub_download
+
+    try:
+        index = json.loads(Path(hf_hub_download(path, "model_index.json")).read_text())
+    except Exception as exc:
+        raise PriorError(f"prior: cannot read model_index.json of '{path}': {str(exc).splitlines()[0]}") from None
+    entry = index.get(name)
+    return bool(entry) and entry[0] is not None
+
+
+def load_prior(path: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto") -> Prior:
+    """Load and freeze the prior at ``path`` (folder or hub id) on ``device``."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    device = torch.device(device)
+    torch_dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+
+    def load(cls, sub, **kw):
+        try:
+            return cls.from_pretrained(path, subfolder=sub, **kw)
+        except Exception as exc:
+            raise PriorError(f"prior: cannot load {sub}/ of '{path}': {str(exc).splitlines()[0]}") from None
+
+    tokenizer = load(AutoTokenizer, "tokenizer")
+    text_encoder = load(CLIPTextModel, "text_encoder", torch_dtype=torch_dtype)
+    unet = load(UNet2DConditionModel, "unet", torch_dtype=torch_dtype)
+    scheduler = load(DDPMScheduler, "scheduler")
+    vae = load(AutoencoderKL, "vae", torch_dtype=torch_dtype) if _has_component(path, "vae") else None
+    for module in (text_encoder, unet, vae):
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+            module.to(device)
+    return Prior(unet, text_encoder, tokenizer, scheduler, vae, str(path), device, torch_dtype)

@@ -1,0 +1,25 @@
+"""Name -> class for the pluggable parts. Modules register themselves on import; the names are the config values.
+
+    SYSTEMS["nerf-sds"]      -> dream3d.systems.nerf.NeRFSystem
+    GUIDANCES["sds"]         -> dream3d.guidance.sds.SDSGuidance
+
+Lookups import the implementing modules lazily, so ``dream3d --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+# name -> "module:attribute"; kept as strings so config validation needs no heavy imports
+SYSTEMS: dict[str, str] = {"nerf-sds": "dream3d.systems.nerf:NeRFSystem"}
+GUIDANCES: dict[str, str] = {"sds": "dream3d.guidance.sds:SDSGuidance"}
+
+
+def resolve(table: dict[str, str], name: str, kind: str) -> Callable:
+    if name not in table:
+        raise KeyError(f"unknown {kind} '{name}'; expected one of {', '.join(sorted(table))}")
+    module, attr = table[name].split(":")
+    return getattr(importlib.import_module(module), attr)

@@ -1,0 +1,68 @@
+"""NeRF representation: an implicit volume (density + albedo) over the scene box [-radius, radius]^3.
+
+A hash-grid encoding feeds one small MLP with 4 outputs: raw density and albedo logits. Density adds the
+Magic3D "blob" bias, ``blob_density * (1 - |x| / blob_radius)``, so optimisation starts from a soft ball at
+the origin instead of empty space. Normals are the negated, normalised density gradient, by autograd
+(``analytic``, differentiable for the orientation loss) or central finite differences.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from dream3d.fields import MLP, get_activation, make_encoding
+
+
+class NeRF(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.radius = float(cfg.radius)
+        self.encoding = make_encoding(cfg.encoding, cfg.backend)
+        self.network = MLP(self.encoding.n_output_dims, 4, cfg.hidden, cfg.hidden_layers, activation="relu")
+        self.density_act = get_activation(cfg.density_activation)
+
+    def _features(self, x: Tensor) -> Tensor:
+        """x [N,3] world -> raw [N,4] (density logit with blob bias, albedo logits)."""
+        u = ((x / self.radius) + 1.0) * 0.5
+        raw = self.network(self.encoding(u.clamp(0.0, 1.0)))
+        blob = self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
+        return torch.cat([raw[:, :1] + blob[:, None], raw[:, 1:]], dim=-1)
+
+    def density(self, x: Tensor) -> Tensor:
+        """x [N,3] -> sigma [N] >= 0."""
+        return self.density_act(self._features(x)[:, 0])
+
+    def forward(self, x: Tensor, with_normals: bool = False) -> dict[str, Tensor]:
+        """x [N,3] -> {"density": [N], "albedo": [N,3] in (0,1), "normal": [N,3] unit (if asked)}."""
+        if with_normals and self.cfg.normals == "analytic":
+            need_graph = torch.is_grad_enabled()
+            with torch.enable_grad():
+                xg = x if x.requires_grad else x.detach().requires_grad_(True)
+                feat = self._features(xg)
+                sigma = self.density_act(feat[:, 0])
+                (grad,) = torch.autograd.grad(sigma.sum(), xg, create_graph=need_graph)
+            if not need_graph:
+                feat, sigma = feat.detach(), sigma.detach()
+            normal = -grad
+        else:
+            feat = self._features(x)
+            sigma = self.density_act(feat[:, 0])
+            normal = None
+            if with_normals:
+                eps = self.cfg.finite_difference_eps
+                offsets = torch.eye(3, device=x.device) * eps  # [3,3]
+                pts = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets], dim=1).reshape(-1, 3)
+                d = self.density(pts).view(-1, 2, 3)
+                normal = -(d[:, 0] - d[:, 1]) / (2 * eps)
+        out = {"density": sigma, "albedo": torch.sigmoid(feat[:, 1:])}
+        if normal is not None:
+            out["normal"] = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return out
+
+    def parameter_groups(self, optim_cfg) -> list[dict]:
+        return [
+            {"params": list(self.encoding.parameters()), "lr": optim_cfg.lr_encoding, "name": "encoding"},
+            {"params": list(self.network.parameters()), "lr": optim_cfg.lr_network, "name": "network"},
+        ]

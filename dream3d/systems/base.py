@@ -1,0 +1,236 @@
+"""What every stage system shares: loss weighting, regularizers, per-step metrics, validation grids, and
+the Lightning callbacks for progress, atomic checkpoints and Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from dream3d.io import atomic_path, save_png
+from dream3d.schedule import is_zero, scheduled
+
+
+# -------------------------------------------------------------------------------------- regularizers
+def sparsity_loss(opacity: Tensor) -> Tensor:
+    """Mean sqrt(o^2 + 0.01) over pixels: pushes empty pixels to zero opacity (a smooth L1)."""
+    return torch.sqrt(opacity**2 + 0.01).mean()
+
+
+def opacity_entropy_loss(opacity: Tensor) -> Tensor:
+    """Mean binary entropy of the opacity: pushes pixels to fully empty or fully opaque."""
+    o = opacity.clamp(1e-5, 1 - 1e-5)
+    return -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
+
+
+class BaseSystem(pl.LightningModule):
+    """A stage: optimises one representation for ``stage_cfg.steps`` steps.
+
+    The frozen prior is held outside the module tree (``self.frozen``), so it never enters ``state_dict``
+    or checkpoints; subclasses register only trainable parts (and their buffers) as submodules.
+    """
+
+    def __init__(self, run_cfg, stage_name: str, stage_cfg, prior, run_dir: Optional[Path] = None):
+        super().__init__()
+        self.run_cfg = run_cfg
+        self.stage_name = stage_name
+        self.stage_cfg = stage_cfg
+        self.frozen = {"prior": prior}
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.last_metrics: dict[str, float] = {}
+        self.manual_step = 0  # the step when no trainer drives the module (benchmarks)
+        self.timings: Optional[dict[str, float]] = None  # set to a dict to collect section times (ms)
+
+    @property
+    def step(self) -> int:
+        """The optimisation step: the trainer's global step, or ``manual_step`` outside a trainer."""
+        return self._trainer.global_step if self._trainer is not None else self.manual_step
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Accumulate wall time of a section into ``self.timings[name]`` (ms) when timing is on."""
+        if self.timings is None:
+            yield
+            return
+        start = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + (time.perf_counter() - start) * 1000
+
+    @property
+    def prior(self):
+        return self.frozen["prior"]
+
+    @property
+    def stage_dir(self) -> Optional[Path]:
+        return None if self.run_dir is None else self.run_dir / "stages" / self.stage_name
+
+    def step_generator(self, step: int) -> torch.Generator:
+        """Random draws of a step depend only on (seed, stage, step): a resumed run repeats them exactly."""
+        salt = sum(ord(c) * (i + 1) for i, c in enumerate(self.stage_name))
+        return torch.Generator().manual_seed(self.run_cfg.seed * 1_000_003 + salt * 7919 + step)
+
+    def weighted_loss(self, terms: dict[str, Tensor], step: int) -> tuple[Tensor, dict[str, float]]:
+        """sum_k weight_k(step) * term_k over the terms the config weights; also returns plain floats to log."""
+        total = torch.zeros((), device=self.device)
+        logs: dict[str, float] = {}
+        for name, value in terms.items():
+            schedule = getattr(self.stage_cfg.loss, name)
+            weight = scheduled(schedule, step)
+            logs[name] = float(value.detach())
+            if weight != 0:
+                total = total + weight * value
+        logs["loss"] = float(total.detach())
+        return total, logs
+
+    def wants(self, term: str) -> bool:
+        """Whether a loss term has a non-zero weight at some step (so it is worth computing)."""
+        return not is_zero(getattr(self.stage_cfg.loss, term))
+
+    def record(self, logs: dict[str, float]) -> None:
+        """Keep the step's figures; StageCallback writes them to metrics.csv and the progress bar."""
+        self.last_metrics = logs
+
+    # validation -----------------------------------------------------------------------------------
+    def render_views(self) -> dict[str, Tensor]:
+        """Images of the fixed validation views: rgb/normal/opacity [V,H,W,C]. Subclasses implement."""
+        raise NotImplementedError
+
+    def save_validation(self, step: int) -> Optional[Path]:
+        """A PNG grid (rows: rgb, normals, opacity; columns: front, right, back, left) in stages/<name>/val/."""
+        if self.stage_dir is None:
+            return None
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            views = self.render_views()
+        self.train(was_training)
+        rows = [views["rgb"]]
+        if "normal" in views:
+            n = views["normal"]
+            rows.append((n * 0.5 + 0.5) * views["opacity"] + (1 - views["opacity"]))
+        rows.append(views["opacity"].expand(*views["opacity"].shape[:-1], 3))
+        grid = torch.cat([torch.cat(list(r.clamp(0, 1)), dim=1) for r in rows], dim=0)  # [rows*H, V*W, 3]
+        path = self.stage_dir / "val" / f"step{step:06d}.png"
+        save_png(path, (grid.cpu().numpy() * 255).round().astype(np.uint8))
+        return path
+
+
+# -------------------------------------------------------------------------------------------- callbacks
+class StageCallback(pl.Callback):
+    """Progress bar (step, loss, it/s), metrics CSV, validation grids, atomic checkpoints, Ctrl-C save."""
+
+    def __init__(self, ckpt_path: Path, total_steps: int, show_progress: bool = True):
+        self.ckpt_path = Path(ckpt_path)
+        self.total_steps = total_steps
+        self.show_progress = show_progress
+        self.bar = None
+        self.interrupted = False
+        self.start_time = 0.0
+        self.start_step = 0
+        self.metrics_file = None
+        self.metrics_writer = None
+        self.metrics_keys: list[str] = []
+
+    def save(self, trainer: pl.Trainer) -> None:
+        with atomic_path(self.ckpt_path) as tmp:
+            trainer.save_checkpoint(tmp)
+
+    def on_train_start(self, trainer, module) -> None:
+        self.start_time = time.perf_counter()
+        self.start_step = trainer.global_step
+        if self.show_progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total_steps, initial=trainer.global_step, desc=module.stage_name,
+                            dynamic_ncols=True, unit="it")
+        if module.stage_dir is not None:
+            module.stage_dir.mkdir(parents=True, exist_ok=True)
+            path = module.stage_dir / "metrics.csv"
+            if path.exists() and trainer.global_step > 0:  # resume: drop rows past the checkpoint
+                with open(path) as f:
+                    rows = [r for r in csv.DictReader(f) if int(r["step"]) < trainer.global_step]
+                if rows:
+                    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+                        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+                        w.writeheader()
+                        w.writerows(rows)
+                    self.metrics_keys = list(rows[0].keys())
+            elif path.exists():
+                path.unlink()
+            self.metrics_file = open(path, "a", newline="")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # already incremented: number of finished steps
+        logs = dict(module.last_metrics)
+        if self.metrics_file is not None and logs:
+            row = {"step": step - 1, "time": round(time.perf_counter() - self.start_time, 4), **logs}
+            if self.metrics_writer is None:
+                self.metrics_keys = self.metrics_keys or list(row.keys())
+                self.metrics_writer = csv.DictWriter(self.metrics_file, fieldnames=self.metrics_keys, extrasaction="ignore")
+                if self.metrics_file.tell() == 0:
+                    self.metrics_writer.writeheader()
+            self.metrics_writer.writerow(row)
+            self.metrics_file.flush()
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "sds", "t")}, refresh=False)
+        cfg = module.stage_cfg
+        if step % cfg.val_every == 0 or step == self.total_steps:
+            module.save_validation(step)
+        if step % cfg.ckpt_every == 0 or step == self.total_steps:
+            self.save(trainer)
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
+            self.save(trainer)
+        self.close()
+
+    def on_train_end(self, trainer, module) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+            self.metrics_file = None
+
+    def iterations_per_second(self, trainer) -> float:
+        elapsed = time.perf_counter() - self.start_time
+        return (trainer.global_step - self.start_step) / elapsed if elapsed > 0 else 0.0
+
+
+class StepDataset(torch.utils.data.Dataset):
+    """Indices 0..n-1: the systems draw their own cameras, so a batch is just a step tick."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def set_threads() -> None:
+    """Use all cores for intra-op parallelism unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)
+

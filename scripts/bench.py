@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Per-iteration timings of the DreamFusion stage (NeRF + SDS), with the occupancy grid on and off.
+
+    .venv/bin/python scripts/bench.py [--prior PATH] [--iters 10] [--json out.json]
+
+The NeRF is first fitted (supervised, a few seconds) to a converged object, a solid coloured cube of
+side 0.8 inside the unit scene box, so the figures describe a mid-run state rather than the initial blob.
+Two measurements, each with the grid on and off in the same run:
+
+* ``render64``: 64x64 render, 64 samples per ray, diffuse shading with normals, forward and backward of
+  the render (loss = mean rgb + orientation penalty), no guidance.
+* ``sds32``: the whole training step at a 32x32 render (the recipe's step with guidance), split into
+  grid update (amortised), render, guidance, backward and optimizer.
+
+Prints a table of median milliseconds and peak RSS. Prior: ``assets/priors/shapeworld`` when shipped,
+else a tiny random latent prior of the same shape family (the UNet's cost then differs from the
+shipped one; the table says which prior it used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dream3d.config import DEFAULT_PRIOR, load_config  # noqa: E402
+from dream3d.prior import load_prior  # noqa: E402
+from dream3d.systems.base import peak_rss_mb, set_threads  # noqa: E402
+from dream3d.systems.nerf import NeRFSystem  # noqa: E402
+
+
+def fit_to_cube(system: NeRFSystem, steps: int = 300) -> None:
+    """Supervise density (50 inside a cube of half-size 0.4, 0 outside) and albedo (red) directly."""
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.Adam(system.nerf.parameters(), lr=0.01)
+    for _ in range(steps):
+        x = torch.rand(8192, 3, generator=gen) * 2 - 1
+        inside = (x.abs() < 0.4).all(dim=-1).float()
+        out = system.nerf(x)
+        loss = ((out["density"] - 50.0 * inside) ** 2).mean() * 1e-3
+        loss = loss + ((out["albedo"] - torch.tensor([0.8, 0.1, 0.1])) ** 2 * inside[:, None]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():  # converge the grid's moving maximum
+        for i in range(8):
+            system.renderer.grid.update(system.nerf.density, gen) if system.renderer.grid is not None else None
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def bench_render64(system: NeRFSystem, iters: int) -> dict[str, float]:
+    from dream3d.cameras import sample_cameras
+
+    cfg = system.stage_cfg.camera
+    cfg.height = cfg.width = 64
+    times: dict[str, list[float]] = {"render": [], "backward": []}
+    samples = []
+    for i in range(iters + 3):
+        gen = torch.Generator().manual_seed(100 + i)
+        cams = sample_cameras(cfg, gen)
+        t0 = time.perf_counter()
+        out = system.render(cams, "diffuse", stratified=True, generator=gen, with_normals=True)
+        t1 = time.perf_counter()
+        (out["rgb"].mean() + out["orient"]).backward()
+        t2 = time.perf_counter()
+        system.zero_grad(set_to_none=True)
+        if i >= 3:
+            times["render"].append((t1 - t0) * 1000)
+            times["backward"].append((t2 - t1) * 1000)
+            samples.append(float(out["samples"]))
+    res = {k: median(v) for k, v in times.items()}
+    res["total"] = res["render"] + res["backward"]
+    res["samples"] = median(samples)
+    return res
+
+
+def bench_sds32(system: NeRFSystem, iters: int) -> dict[str, float]:
+    cfg = system.stage_cfg.camera
+    cfg.height = cfg.width = 32
+    opt = system.configure_optimizers()
+    rows = []
+    for i in range(iters + 3):
+        system.manual_step = 1000 + i  # past the albedo-only warm-up: mixed shading, normals for orientation
+        system.timings = {}
+        t0 = time.perf_counter()
+        loss = system.training_step(None, i)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t3 = time.perf_counter()
+        if i >= 3:
+            rows.append({**system.timings, "backward": (t2 - t1) * 1000, "optimizer": (t3 - t2) * 1000,
+                         "total": (t3 - t0) * 1000})
+    system.timings = None
+    keys = ["grid", "render", "guidance", "backward", "optimizer", "total"]
+    return {k: median([r.get(k, 0.0) for r in rows]) for k in keys}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument("--prior", default=None, help="diffusers prior folder (default: shipped shape-world, else a tiny random one)")
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    set_threads()
+    prior_path = args.prior
+    if prior_path is None:
+        prior_path = str(ROOT / DEFAULT_PRIOR) if (ROOT / DEFAULT_PRIOR).is_dir() else None
+    tmp = None
+    if prior_path is None:
+        from dream3d.prior.tiny import build_tiny_prior
+
+        tmp = tempfile.TemporaryDirectory()
+        prior_path = str(build_tiny_prior(Path(tmp.name) / "tiny", latent=True, resolution=64, width=32))
+        prior_label = "tiny random latent prior (64 px, UNet width 32)"
+    else:
+        prior_label = prior_path
+    prior = load_prior(prior_path)
+    n_params = sum(p.numel() for p in prior.unet.parameters())
+    results: dict[str, dict] = {}
+    trained = None
+    for grid in (True, False):
+        cfg = load_config(["prompt=a red cube", f"prior={prior_path}", f"stages.coarse.renderer.occupancy_grid={grid}"])
+        torch.manual_seed(0)
+        system = NeRFSystem(cfg, "coarse", cfg.stages["coarse"], prior)
+        if trained is None:
+            fit_to_cube(system)
+            trained = {k: v.clone() for k, v in system.nerf.state_dict().items()}
+            grid_state = {k: v.clone() for k, v in system.renderer.state_dict().items()}
+        else:
+            system.nerf.load_state_dict(trained)
+        if grid:
+            system.renderer.load_state_dict(grid_state)
+            system.renderer.cfg.grid_update_every = 16
+        label = "grid on" if grid else "grid off"
+        results[f"render64 {label}"] = bench_render64(system, args.iters)
+        results[f"sds32 {label}"] = bench_sds32(system, args.iters)
+    occupied = float(grid_state["grid.occupied"].float().mean())
+    print(f"prior: {prior_label}, UNet {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()};"
+          f" occupied cells {occupied:.1%}")
+    cols = ["grid", "render", "guidance", "backward", "optimizer", "total", "samples"]
+    print("| measurement | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for name, row in results.items():
+        print(f"| {name} | " + " | ".join(f"{row[c]:.1f}" if c in row else "" for c in cols) + " |")
+    print(f"peak RSS: {peak_rss_mb():.0f} MB")
+    print("targets: render64 grid on total <= 250 ms; sds32 grid on total <= 120 ms (2-core CPU)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"prior": prior_label, "results": results, "peak_rss_mb": peak_rss_mb()}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Config and CLI input errors: one clear line, non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+import pytest
+
+from dream3d import cli
+from dream3d.config import ConfigError, list_recipes, load_config
+
+
+def base(prior) -> list[str]:
+    return ["prompt=a red cube", f"prior={prior}"]
+
+
+def test_recipe_and_overrides_merge(latent_prior_dir):
+    cfg = load_config(base(latent_prior_dir) + ["stages.coarse.steps=7", "seed=3", "stages.coarse.loss.orient=[0,1,2,10]"])
+    assert cfg.recipe == "dreamfusion" and cfg.seed == 3
+    assert cfg.stages["coarse"].steps == 7
+    assert cfg.stages["coarse"].loss.orient == [0, 1, 2, 10]
+    assert cfg.stages["coarse"].guidance.guidance_scale == 100.0  # from the recipe
+    assert "dreamfusion" in list_recipes()
+
+
+def test_shorthands(latent_prior_dir):
+    cfg = load_config(base(latent_prior_dir) + ["steps=30", "guidance=sds"])
+    assert cfg.stages["coarse"].steps == 30
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("prompt=", "prompt: expected a non-empty text"),
+        ("prompt=   ", "prompt: expected a non-empty text"),
+        ("stages.coarse.stepz=5", "unknown key 'stages.coarse.stepz'"),
+        ("promt=a cube", "unknown key 'promt'"),
+        ("stages.fine.steps=5", "unknown key 'stages.fine.steps'"),
+        ("recipe=dreamfusoin", "recipe: unknown recipe 'dreamfusoin'"),
+        ("prior=/nonexistent/prior", "prior: folder '/nonexistent/prior' not found"),
+        ("steps=-1", "steps: expected a positive integer"),
+        ("stages.coarse.steps=-1", "stages.coarse.steps: expected a positive integer"),
+        ("stages.coarse.steps=many", "stages.coarse.steps: expected integer"),
+        ("stages.coarse.guidance.t_max=[1,2]", "stages.coarse.guidance.t_max: expected a number or [start_step"),
+        ("stages.coarse.guidance.name=magic", "stages.coarse.guidance.name: expected one of sds"),
+        ("device=tpu", "device: expected one of auto, cpu, cuda"),
+    ],
+)
+def test_bad_values_raise_one_line(latent_prior_dir, override, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(base(latent_prior_dir) + [override])
+    message = str(info.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_unknown_key_suggests_close_match(latent_prior_dir):
+    with pytest.raises(ConfigError, match="did you mean 'steps'"):
+        load_config(base(latent_prior_dir) + ["stages.coarse.stepz=5"])
+    with pytest.raises(ConfigError, match="did you mean 'dreamfusion'"):
+        load_config(base(latent_prior_dir) + ["recipe=dreamfusoin"])
+
+
+def test_default_prior_missing_names_the_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from dream3d.config import DEFAULT_PRIOR, PROJECT_ROOT
+
+    if (PROJECT_ROOT / DEFAULT_PRIOR).is_dir():
+        pytest.skip("the shape-world prior is shipped")
+    with pytest.raises(ConfigError, match="^prior: folder 'assets/priors/shapeworld' not found"):
+        load_config(["prompt=a red cube"])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["prompt="],
+        ["prompt=a cube", "stages.coarse.stepz=5"],
+        ["prompt=a cube", "recipe=nope"],
+        ["prompt=a cube", "prior=/nonexistent/prior"],
+        ["prompt=a cube", "steps=-1"],
+        ["prompt=a cube", "no-equals-sign"],
+    ],
+)
+def test_cli_bad_input_exits_nonzero_and_writes_nothing(tmp_path, capsys, latent_prior_dir, args):
+    run_dir = tmp_path / "out" / "dreamfusion" / "existing"
+    run_dir.mkdir(parents=True)
+    (run_dir / "keep.txt").write_text("earlier result")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    extra = [] if any(a.startswith("prior=") for a in args) else [f"prior={latent_prior_dir}"]
+    code = cli.main(["fit", *args, *extra, f"output_dir={tmp_path / 'out'}", "name=existing"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and err[0].startswith("dream3d: error: ")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_cli_refuses_existing_run_folder(tmp_path, capsys, latent_prior_dir):
+    run_dir = tmp_path / "dreamfusion" / "taken"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("prompt: x\n")
+    code = cli.main(["fit", "prompt=a cube", f"prior={latent_prior_dir}", f"output_dir={tmp_path}", "name=taken"])
+    assert code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run_dir / "config.yaml").read_text() == "prompt: x\n"
+
+
+def test_cli_help_lists_recipes_and_keys(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["fit", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "recipes: " in out and "dreamfusion" in out
+    for key in ("prompt", "recipe", "prior", "seed", "steps", "resume"):
+        assert key in out
+
+
+@pytest.mark.parametrize("command", ["export", "render", "compare", "prior", "eval"])
+def test_unfinished_commands_say_so(capsys, command):
+    assert cli.main([command]) == 2
+    assert "not yet available" in capsys.readouterr().err
