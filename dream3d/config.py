@@ -79,8 +79,7 @@ class RendererConfig:
     grid_update_every: int = 16
     grid_threshold: float = 0.01  # a cell is empty when its alpha over one sample step stays below this
     grid_decay: float = 0.95
-    early_stop: float = 1e-4  # rays whose transmittance falls below this stop marching
-    march_chunks: int = 4  # the ray is marched in this many chunks; saturated rays skip later chunks
+    early_stop: float = 1e-4  # samples behind which the transmittance fell below this are not evaluated (0: off)
     ambient_only_steps: int = 200  # albedo-only shading before this step
     textureless_prob: float = 0.5
     albedo_prob: float = 0.2
@@ -364,8 +363,8 @@ def validate(cfg: RunConfig) -> None:
         r = st.renderer
         _choice(f"{p}.renderer.backend", r.backend, ["auto", "torch"])
         _choice(f"{p}.renderer.background", r.background, ["mlp", "solid", "random"])
-        if r.num_samples <= 0 or r.march_chunks <= 0 or r.num_samples % r.march_chunks:
-            raise ConfigError(f"{p}.renderer.num_samples: expected a positive multiple of march_chunks ({r.march_chunks}), got {r.num_samples}")
+        if r.num_samples <= 0:
+            raise ConfigError(f"{p}.renderer.num_samples: expected a positive integer, got {r.num_samples}")
         if len(r.background_color) != 3:
             raise ConfigError(f"{p}.renderer.background_color: expected [r, g, b] in [0, 1], got {r.background_color}")
         n = st.representation

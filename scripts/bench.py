@@ -13,8 +13,9 @@ Two measurements, each with the grid on and off in the same run:
   grid update (amortised), render, guidance, backward and optimizer.
 
 Prints a table of median milliseconds and peak RSS. Prior: ``assets/priors/shapeworld`` when shipped,
-else a tiny random latent prior of the same shape family (the UNet's cost then differs from the
-shipped one; the table says which prior it used).
+else a random diffusers prior built on the spot (``--tiny pixel``: a 32 px pixel-space UNet of about
+1.7M parameters, the size the shape-world prior issue measured; ``--tiny latent``: a 64 px latent prior
+with an f=4 VAE, whose encoder the SDS gradient must also pass through). The table says which it used.
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def bench_sds32(system: NeRFSystem, iters: int) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--prior", default=None, help="diffusers prior folder (default: shipped shape-world, else a tiny random one)")
+    ap.add_argument("--tiny", choices=["pixel", "latent"], default="latent", help="random prior kind when none is shipped")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -125,8 +127,11 @@ def main() -> int:
         from dream3d.prior.tiny import build_tiny_prior
 
         tmp = tempfile.TemporaryDirectory()
-        prior_path = str(build_tiny_prior(Path(tmp.name) / "tiny", latent=True, resolution=64, width=32))
-        prior_label = "tiny random latent prior (64 px, UNet width 32)"
+        if args.tiny == "pixel":
+            prior_path = str(build_tiny_prior(Path(tmp.name) / "tiny", latent=False, resolution=32, width=48))
+        else:
+            prior_path = str(build_tiny_prior(Path(tmp.name) / "tiny", latent=True, resolution=64, width=32))
+        prior_label = f"random {args.tiny} prior ({'32 px' if args.tiny == 'pixel' else '64 px, f=4 VAE'})"
     else:
         prior_label = prior_path
     prior = load_prior(prior_path)

@@ -51,7 +51,7 @@ def test_ray_aabb():
 def test_opacity_matches_closed_form_on_a_ball():
     """Opacity of a constant-density ball is 1 - exp(-sigma * chord length) along each ray."""
     cams = turntable(1, elevation=20.0, distance=2.0, fovy=40.0, size=24)
-    cfg = RendererConfig(num_samples=512, occupancy_grid=False, early_stop=0.0, march_chunks=4)
+    cfg = RendererConfig(num_samples=512, occupancy_grid=False, early_stop=0.0)
     field = Ball(radius=0.5, sigma=3.0)
     out, _ = render(field, cfg, cams)
     o, d = cams.rays()
@@ -67,7 +67,7 @@ def test_opacity_matches_closed_form_on_a_ball():
 def test_64_samples_agree_with_dense_reference():
     cams = turntable(2, elevation=30.0, size=24)
     field = Ball(radius=0.45, sigma=20.0, centre=(0.1, 0.0, 0.0))
-    dense, _ = render(field, RendererConfig(num_samples=2048, occupancy_grid=False, early_stop=0.0, march_chunks=1), cams)
+    dense, _ = render(field, RendererConfig(num_samples=2048, occupancy_grid=False, early_stop=0.0), cams)
     fast, _ = render(field, RendererConfig(num_samples=64), cams)
     assert (fast["rgb"] - dense["rgb"]).abs().mean() < 0.02
     assert (fast["opacity"] - dense["opacity"]).abs().mean() < 0.02

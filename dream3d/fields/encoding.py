@@ -208,6 +208,95 @@ class HashGridEncoding(nn.Module):
             outs.append(_GatherInterp.apply(self._table_view(table), idx, w))  # [N,F]
         return torch.cat(outs, dim=-1)
 
+    def forward_with_jacobian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: [N,3] in [0,1]^3 -> features [N, L*F] and their spatial Jacobian d features / d x [3, N, L*F].
+
+        The Jacobian is computed in closed form from the same 8 gathered corner rows: trilinear interpolation
+        is done axis by axis (z, then y, then x), carrying the finite differences across each axis, which are
+        the partial derivatives. Normals from a density gradient then need no double backward. Gradients
+        flow to the tables from both outputs (one scatter per level); ``x`` receives none (positions are ray
+        samples, not learned).
+        """
+        dtype = self.tables[0].dtype
+        xt = x.detach().to(dtype).nan_to_num(0.0, 1.0, 0.0).clamp(0.0, 1.0).t().contiguous()  # [3,N]
+        feats, jacs = [], []
+        for level, table in enumerate(self.tables):
+            r = self.resolutions[level]
+            pos = xt * float(r)
+            corner = pos.floor().clamp_(0, r - 1)
+            fx, fy, fz = pos - corner  # [N] each
+            value, grads = _TrilinearWithGradient.apply(
+                self._table_view(table), self._corner_indices(level, corner), fx, fy, fz, float(r)
+            )  # [N(,K)], [3,N(,K)]
+            if value.is_complex():
+                value, grads = torch.view_as_real(value), torch.view_as_real(grads)
+            n = x.shape[0]
+            feats.append(value.reshape(n, -1))
+            jacs.append(grads.reshape(3, n, -1))
+        return torch.cat(feats, dim=-1), torch.cat(jacs, dim=-1)
+
+
+class _TrilinearWithGradient(torch.autograd.Function):
+    """Trilinear interpolation of the 8 gathered corner rows and its spatial gradient, axis by axis.
+
+    Forward (z, then y, then x; ``lerp(a, b, f) = a + f (b - a)``, differences are the partial derivatives):
+        e = lerp(c[., ., 0], c[., ., 1], fz),  Dz = c[., ., 1] - c[., ., 0]
+        g = lerp(e[., 0], e[., 1], fy),         Dy = e[., 1] - e[., 0],   Dzy = lerp(Dz[., 0], Dz[., 1], fy)
+        value = lerp(g0, g1, fx);  grad = r * (g1 - g0, lerp(Dy0, Dy1, fx), lerp(Dzy0, Dzy1, fx))
+    The backward runs the same cascade in reverse (adjoint of each lerp) and scatters the 8 corner
+    gradients into the table once. No gradient for the fractions (positions are not learned).
+    table: [T] or [T,K] (real or complex), idx: [8N], fx/fy/fz: [N] real -> value [N(,K)], grad [3,N(,K)].
+    """
+
+    @staticmethod
+    def forward(ctx, table, idx, fx, fy, fz, r: float):  # type: ignore[override]
+        c = table.index_select(0, idx).view(2, 2, 2, -1, *table.shape[1:])  # [bx,by,bz,N(,K)]
+        if c.is_complex():  # convert the weights once instead of at every product
+            fx, fy, fz = fx.to(c.dtype), fy.to(c.dtype), fz.to(c.dtype)
+        if c.dim() == 5:
+            fx, fy, fz = fx[:, None], fy[:, None], fz[:, None]
+        z0, z1 = c.unbind(2)
+        dz = z1 - z0  # [2,2,N]
+        e = z0 + fz * dz
+        e0, e1 = e.unbind(1)
+        dz0, dz1 = dz.unbind(1)
+        dy = e1 - e0  # [2,N]
+        g0, g1 = (e0 + fy * dy).unbind(0)
+        dy0, dy1 = dy.unbind(0)
+        dzy0, dzy1 = (dz0 + fy * (dz1 - dz0)).unbind(0)
+        dx = g1 - g0
+        value = g0 + fx * dx
+        grad = torch.stack([dx, dy0 + fx * (dy1 - dy0), dzy0 + fx * (dzy1 - dzy0)]) * r
+        ctx.save_for_backward(idx, fx, fy, fz)
+        ctx.r, ctx.table_shape, ctx.table_dtype = r, table.shape, table.dtype
+        return value, grad
+
+    @staticmethod
+    def backward(ctx, g_value, g_grad):  # type: ignore[override]
+        idx, fx, fy, fz = ctx.saved_tensors
+        dtype = ctx.table_dtype
+        g_value = torch.zeros_like(g_grad[0], dtype=dtype) if g_value is None else g_value.to(dtype)
+        if g_grad is None:
+            g_grad = torch.zeros((3, *g_value.shape), dtype=dtype, device=g_value.device)
+        gx, gy, gz = (g_grad.to(dtype) * ctx.r).unbind(0)
+        # x: value = lerp(g0, g1, fx), dx = g1 - g0, jy = lerp(Dy0, Dy1, fx), jz = lerp(Dzy0, Dzy1, fx)
+        a = g_value * fx
+        G_g = torch.stack([g_value - a - gx, a + gx])  # [2,N]
+        G_dy = torch.stack([gy - gy * fx, gy * fx])
+        G_dzy = torch.stack([gz - gz * fx, gz * fx])
+        # y: g = lerp(e0, e1, fy), Dy = e1 - e0, Dzy = lerp(Dz0, Dz1, fy)
+        b = G_g * fy
+        G_e = torch.stack([G_g - b - G_dy, b + G_dy], dim=1)  # [2,2,N]
+        G_dz = torch.stack([G_dzy - G_dzy * fy, G_dzy * fy], dim=1)
+        # z: e = lerp(z0, z1, fz), Dz = z1 - z0
+        c = G_e * fz
+        G_c = torch.stack([G_e - c - G_dz, c + G_dz], dim=2)  # [2,2,2,N(,K)]
+        src = G_c.reshape(-1, *ctx.table_shape[1:])
+        idx = idx if idx.dtype == torch.int64 else idx.long()
+        zeros = src.new_zeros(ctx.table_shape)
+        grad_table = zeros.scatter_add(0, idx, src) if src.dim() == 1 else zeros.index_add(0, idx, src)
+        return grad_table, None, None, None, None, None
+
 
 def _will_compute_grad(ctx, i: int) -> bool:
     """Whether input i's gradient is wanted by the running backward pass.

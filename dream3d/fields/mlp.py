@@ -134,3 +134,26 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """x: [..., n_input] -> [..., n_output]."""
         return self.output_activation(self.layers(x))
+
+    def forward_with_input_grad(self, x: Tensor, output: int = 0) -> tuple[Tensor, Tensor]:
+        """x: [N, n_input] -> (pre-output-activation y [N, n_output], d y[:, output] / d x [N, n_input]).
+
+        A reverse sweep written with ordinary ops (so it is differentiable w.r.t. the weights at first order);
+        hidden activations must be ReLU or identity.
+        """
+        h, masks, linears = x, [], []
+        for layer in self.layers:
+            if isinstance(layer, nn.Linear):
+                h = layer(h)
+                linears.append(layer)
+            elif isinstance(layer, nn.ReLU):
+                masks.append(h > 0)
+                h = torch.relu(h)
+            elif isinstance(layer, nn.Identity):
+                masks.append(None)
+            else:
+                raise ValueError(f"forward_with_input_grad supports ReLU/identity hidden activations, not {layer}")
+        g = linears[-1].weight[output].expand(x.shape[0], -1)  # [N, width]
+        for lin, mask in zip(reversed(linears[:-1]), reversed(masks)):
+            g = (g * mask if mask is not None else g) @ lin.weight
+        return h, g

@@ -6,12 +6,15 @@ the field from being queried where it cannot matter:
 * an **occupancy grid** (G^3 cells over the box) holds an exponential moving maximum of the density
   seen in each cell; samples in cells whose alpha over one step stays below ``grid_threshold`` are
   skipped (their contribution is below that alpha by construction);
-* **early stop**: the ray is marched in ``march_chunks`` chunks; rays whose transmittance fell below
-  ``early_stop`` are dropped from the later chunks.
+* **early stop**: a first, gradient-free pass evaluates only the density at the occupied samples and
+  computes each sample's transmittance; samples behind which it fell below ``early_stop`` (their weight
+  is below that by construction) are dropped before the second pass, which evaluates density, albedo and
+  normals with gradients. One call per pass: on a CPU each field call has a large fixed cost (a Python
+  loop over the hash-grid levels), so marching in sequential chunks was slower than this.
 
 Compositing uses the quadrature of Max (1995): alpha_i = 1 - exp(-sigma_i delta_i),
-T_i = exp(-sum_{j<i} sigma_j delta_j), w_i = T_i alpha_i. Only the occupied, still-open samples are
-evaluated; their values are scattered into dense [rays, samples] tensors for the scan.
+T_i = exp(-sum_{j<i} sigma_j delta_j), w_i = T_i alpha_i. Only the kept samples are evaluated with
+gradients; their values are scattered into dense [rays, samples] tensors for the scan.
 
 Backends: ``torch`` (this file) is the only one so far; ``auto`` resolves to it. A nerfacc estimator for CUDA
 (its grid and ray-AABB kernels do not run on CPU) is not wired in yet: it could not be tested without a GPU.
@@ -163,8 +166,7 @@ class VolumeRenderer(nn.Module):
         B, H, W, _ = rays_o.shape
         need_normals = shading != "albedo" if with_normals is None else with_normals
         o, d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
-        R, S, K = o.shape[0], self.cfg.num_samples, self.cfg.march_chunks
-        Sk = S // K
+        R, S = o.shape[0], self.cfg.num_samples
         dev = o.device
         t_near, t_far, hit = ray_aabb(o, d, self.radius, near=1e-3)
         span = (t_far - t_near).clamp_min(0.0)
@@ -175,45 +177,32 @@ class VolumeRenderer(nn.Module):
         mask = hit[:, None].expand(R, S)
         if self.grid is not None:
             mask = mask & self.grid.query(pts)
-        ray_batch = torch.arange(R, device=dev) // (H * W)
-        light = light_position[ray_batch]  # [R,3]
+        if self.cfg.early_stop > 0 and bool(mask.any()):
+            with torch.no_grad():
+                sd = torch.zeros(R, S, device=dev).masked_scatter(mask, nerf.density(pts[mask]) * delta.expand(R, S)[mask])
+                t_before = torch.exp(-(torch.cumsum(sd, dim=1) - sd))
+            mask = mask & (t_before > self.cfg.early_stop)
 
-        trans = torch.ones(R, device=dev)
-        rgb = torch.zeros(R, 3, device=dev)
+        ray_id, _ = mask.nonzero(as_tuple=True)
+        p = pts[mask]  # [M,3]
+        field = nerf(p, with_normals=need_normals)
+        sd = torch.zeros(R, S, device=dev).masked_scatter(mask, field["density"] * delta[ray_id, 0])
+        csum = torch.cumsum(sd, dim=1)
+        w = torch.exp(-(csum - sd)) * (1.0 - torch.exp(-sd))  # [R,S] weights T_i alpha_i
+        w_s = w[mask]  # [M]
+        normal_s = field.get("normal")
+        light_dir = None
+        if shading != "albedo":
+            light_dir = F.normalize(light_position[torch.div(ray_id, H * W, rounding_mode="floor")] - p, dim=-1)
+        color = shade(field["albedo"], normal_s, light_dir, shading, self.cfg.ambient)
+        rgb = torch.zeros(R, 3, device=dev).index_add(0, ray_id, w_s[:, None] * color)
         normal_img = torch.zeros(R, 3, device=dev)
-        depth = torch.zeros(R, device=dev)
-        opacity = torch.zeros(R, device=dev)
         orient = torch.zeros((), device=dev)
-        n_samples = 0
-        for k in range(K):
-            sl = slice(k * Sk, (k + 1) * Sk)
-            m = mask[:, sl] & (trans.detach() > self.cfg.early_stop)[:, None]
-            if not bool(m.any()):
-                if not bool((trans.detach() > self.cfg.early_stop).any()):
-                    break
-                continue
-            ray_id, _ = m.nonzero(as_tuple=True)
-            p = pts[:, sl][m]  # [M,3]
-            n_samples += p.shape[0]
-            field = nerf(p, with_normals=need_normals)
-            sd_s = field["density"] * delta[ray_id, 0]  # sigma * delta per evaluated sample
-            sd = torch.zeros(R, Sk, device=dev).masked_scatter(m, sd_s)
-            csum = torch.cumsum(sd, dim=1)
-            t_excl = trans[:, None] * torch.exp(-(csum - sd))  # transmittance before each sample
-            w = t_excl * (1.0 - torch.exp(-sd))  # [R,Sk]
-            w_s = w[m]  # [M]
-            normal_s = field.get("normal")
-            light_dir = None
-            if shading != "albedo":
-                light_dir = F.normalize(light[ray_id] - p, dim=-1)
-            color = shade(field["albedo"], normal_s, light_dir, shading, self.cfg.ambient)
-            rgb = rgb.index_add(0, ray_id, w_s[:, None] * color)
-            if normal_s is not None:
-                normal_img = normal_img.index_add(0, ray_id, w_s[:, None] * normal_s)
-                orient = orient + (w_s.detach() * (normal_s * d[ray_id]).sum(-1).clamp_min(0.0) ** 2).sum()
-            opacity = opacity + w.sum(dim=1)
-            depth = depth + (w * t[:, sl]).sum(dim=1)
-            trans = trans * torch.exp(-csum[:, -1])
+        if normal_s is not None:
+            normal_img = normal_img.index_add(0, ray_id, w_s[:, None] * normal_s)
+            orient = (w_s.detach() * (normal_s * d[ray_id]).sum(-1).clamp_min(0.0) ** 2).sum()
+        opacity = w.sum(dim=1)
+        depth = (w * t).sum(dim=1)
         bg = background(d, bg_color)
         rgb = rgb + (1.0 - opacity)[:, None] * bg
         return {
@@ -222,5 +211,5 @@ class VolumeRenderer(nn.Module):
             "depth": depth.view(B, H, W, 1),
             "normal": normal_img.view(B, H, W, 3),
             "orient": orient / R,
-            "samples": torch.tensor(float(n_samples)),
+            "samples": torch.tensor(float(p.shape[0])),
         }

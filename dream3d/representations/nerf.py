@@ -26,9 +26,23 @@ class NeRF(nn.Module):
     def _features(self, x: Tensor) -> Tensor:
         """x [N,3] world -> raw [N,4] (density logit with blob bias, albedo logits)."""
         u = ((x / self.radius) + 1.0) * 0.5
-        raw = self.network(self.encoding(u.clamp(0.0, 1.0)))
+        return self._add_blob(self.network(self.encoding(u.clamp(0.0, 1.0))), x)
+
+    def _add_blob(self, raw: Tensor, x: Tensor) -> Tensor:
         blob = self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
         return torch.cat([raw[:, :1] + blob[:, None], raw[:, 1:]], dim=-1)
+
+    def _features_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x [N,3] -> raw [N,4] and d raw_density / d x [N,3] in closed form (encoding Jacobian, MLP sweep).
+
+        The density activation is monotonic, so the normal direction only needs the raw gradient.
+        """
+        u = ((x / self.radius) + 1.0) * 0.5
+        enc, jac = self.encoding.forward_with_jacobian(u)  # [N,D], [3,N,D] (d/du)
+        raw, g = self.network.forward_with_input_grad(enc, 0)  # [N,4], [N,D]
+        grad = (jac * g).sum(-1).t() * (0.5 / self.radius)  # [N,3]
+        grad = grad - (self.cfg.blob_density / self.cfg.blob_radius) * x / x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return self._add_blob(raw, x), grad
 
     def density(self, x: Tensor) -> Tensor:
         """x [N,3] -> sigma [N] >= 0."""
@@ -36,7 +50,11 @@ class NeRF(nn.Module):
 
     def forward(self, x: Tensor, with_normals: bool = False) -> dict[str, Tensor]:
         """x [N,3] -> {"density": [N], "albedo": [N,3] in (0,1), "normal": [N,3] unit (if asked)}."""
-        if with_normals and self.cfg.normals == "analytic":
+        if with_normals and self.cfg.normals == "analytic" and hasattr(self.encoding, "forward_with_jacobian"):
+            feat, grad = self._features_and_gradient(x)
+            sigma = self.density_act(feat[:, 0])
+            normal = -grad
+        elif with_normals and self.cfg.normals == "analytic":  # e.g. tiny-cuda-nn: autograd, double backward
             need_graph = torch.is_grad_enabled()
             with torch.enable_grad():
                 xg = x if x.requires_grad else x.detach().requires_grad_(True)

@@ -35,7 +35,10 @@ class NeRFSystem(BaseSystem):
         groups = self.nerf.parameter_groups(o)
         groups.append({"params": list(self.background.parameters()), "lr": o.lr_background, "name": "background"})
         groups = [g for g in groups if g["params"]]
-        return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps)
+        try:  # the fused kernel is ~3x faster on CPU (torch >= 2.4)
+            return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps)
 
     def choose_shading(self, step: int, gen: torch.Generator) -> str:
         r = self.stage_cfg.renderer
