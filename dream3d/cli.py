@@ -19,7 +19,6 @@ NOT_YET = {
     "export": "exporting GLB/OBJ/PLY meshes (the export issue)",
     "render": "turntable videos (the export issue)",
     "compare": "SDS-vs-VSD comparison reports (the VSD issue)",
-    "prior": "shape-world prior tools: world, sample, train (the shape-world prior issue)",
     "eval": "quality evaluation against the shape world (the evaluation issue)",
 }
 
@@ -52,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("overrides", nargs="*", metavar="key=value", help='e.g. prompt="a pineapple" recipe=dreamfusion seed=1')
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    prior = sub.add_parser(
+        "prior", help="the shape world and the shipped prior", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The shape world behind the shipped prior.",
+        epilog="examples:\n  dream3d prior world --list\n  dream3d prior world export name=snowman out=snowman.glb\n"
+        "sampling and training the prior are not yet available (the shape-world prior issue)",
+    )
+    prior.add_argument("action", choices=["world"], help="world: list or export catalogue objects")
+    prior.add_argument("args", nargs="*", metavar="key=value")
+    prior.add_argument("--list", action="store_true", help="print the catalogue")
     for name, what in NOT_YET.items():
         p = sub.add_parser(name, help=f"{what}: not yet available")
         p.add_argument("args", nargs="*")
@@ -103,6 +111,31 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prior(args: argparse.Namespace) -> int:
+    from dream3d.config import ConfigError, parse_overrides
+    from dream3d.prior.shapeworld import export_glb, format_catalogue, get
+
+    if args.list:
+        print(format_catalogue())
+        return 0
+    try:
+        kv = parse_overrides([a for a in args.args if a != "export"])
+    except ConfigError as exc:
+        return _error(str(exc))
+    if "export" not in args.args or set(kv) - {"name", "out"} or "name" not in kv:
+        return _error("prior world: expected --list, or export name=<object or caption> [out=<file.glb>]")
+    try:
+        obj = get(kv["name"])
+    except KeyError as exc:
+        return _error(str(exc.args[0]) if exc.args else str(exc))
+    out = Path(kv.get("out", f"{obj.name}.glb"))
+    if out.suffix.lower() != ".glb":
+        return _error(f"out: expected a .glb file name, got '{out}'")
+    export_glb(obj, out)
+    print(f"wrote {out} ({obj.caption}: {len(obj.faces)} faces)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -116,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             return _error(f"fit: unknown option {flags[0]} (expected key=value overrides, --quiet or --help)")
         args.overrides = list(args.overrides) + unknown
         return cmd_fit(args)
+    if args.command == "prior":
+        return cmd_prior(args)
     return _error(f"'{args.command}' is not yet available: {NOT_YET[args.command]}")
 
 

@@ -113,7 +113,21 @@ def test_cli_help_lists_recipes_and_keys(capsys):
         assert key in out
 
 
-@pytest.mark.parametrize("command", ["export", "render", "compare", "prior", "eval"])
+@pytest.mark.parametrize("command", ["export", "render", "compare", "eval"])
 def test_unfinished_commands_say_so(capsys, command):
     assert cli.main([command]) == 2
     assert "not yet available" in capsys.readouterr().err
+
+
+def test_prior_world_list_and_export(tmp_path, capsys):
+    assert cli.main(["prior", "world", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "a snowman" in out and "a red cube" in out
+    glb = tmp_path / "snowman.glb"
+    assert cli.main(["prior", "world", "export", "name=snowman", f"out={glb}"]) == 0
+    import trimesh
+
+    assert len(trimesh.load(glb, force="mesh").faces) > 100
+    assert cli.main(["prior", "world", "export", "name=snowmen", f"out={tmp_path / 'x.glb'}"]) == 2
+    assert "close matches: snowman" in capsys.readouterr().err
+    assert not (tmp_path / "x.glb").exists()

@@ -145,3 +145,26 @@ def test_real_ctrl_c_saves_a_checkpoint(latent_prior_dir, tmp_path):
     assert 3 <= step < 2000
     ckpt = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == step
+
+
+def test_stage_initialised_from_previous_stage(latent_prior_dir, tmp_path):
+    """A stage with init=<earlier stage> starts from that stage's result (same run folder)."""
+    from omegaconf import OmegaConf
+
+    from dream3d.config import CONFIG_DIR, load_config
+    from dream3d.run import fit as run_fit
+
+    recipe = OmegaConf.load(CONFIG_DIR / "dreamfusion.yaml")
+    recipe.stages.fine = OmegaConf.merge(recipe.stages.coarse, {"init": "coarse", "steps": 2})
+    small = [s.replace("stages.coarse.", f"stages.{st}.") for st in ("coarse", "fine") for s in SMALL]
+    frozen = [f"stages.fine.optim.{k}=0.0" for k in ("lr_encoding", "lr_network", "lr_background")]
+    cfg = load_config(["prompt=a red cube", f"prior={latent_prior_dir}", *small, "stages.coarse.steps=5",
+                       "stages.fine.steps=2", *frozen], base=recipe)
+    run = tmp_path / "two-stage"
+    summary = run_fit(cfg, run, show_progress=False)
+    assert [summary["stages"][s]["status"] for s in ("coarse", "fine")] == ["done", "done"]
+    coarse = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    fine = torch.load(run / "ckpts" / "fine" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    for k, v in coarse.items():
+        if k.startswith("nerf."):
+            assert torch.equal(v, fine[k]), k  # lr 0 in the fine stage: exactly the coarse result
