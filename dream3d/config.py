@@ -155,7 +155,6 @@ class RunConfig:
     steps: Optional[int] = None  # total step budget, split over the stages in the recipe's proportions
     guidance: Optional[str] = None  # shorthand: sets every stage's guidance.name
     export: bool = False  # export at the end of fit (needs the export issue; false until then)
-    compile: bool = False  # torch.compile the render (1.5x after a 20-40 s warm-up)
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
 

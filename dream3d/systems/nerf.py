@@ -27,8 +27,6 @@ class NeRFSystem(BaseSystem):
         self.renderer = VolumeRenderer(r, rep.radius)
         self.guidance = resolve(GUIDANCES, stage_cfg.guidance.name, "guidance")(stage_cfg.guidance, prior)
         self.prompts = PromptEmbeddings(prior, run_cfg.prompt, run_cfg.negative_prompt, run_cfg.view_dependent)
-        if run_cfg.compile:
-            self.renderer.forward = torch.compile(self.renderer.forward, dynamic=True)
 
     def configure_optimizers(self):
         o = self.stage_cfg.optim

@@ -171,8 +171,10 @@ def render_dataset(
     images = np.empty((n, cfg.size, cfg.size, 3), dtype=np.uint8)
     done = 0
     for k, obj in enumerate(objects):
-        topology = edge_topology(obj.faces)
         idx_all = (object_ids == k).nonzero().squeeze(1)
+        if idx_all.numel() == 0:
+            continue
+        topology = edge_topology(obj.faces)
         for idx in idx_all.split(_CHUNK):
             rgb = render_views(
                 obj, views.elevation[idx], views.azimuth[idx], views.fovy[idx], views.fill[idx],
