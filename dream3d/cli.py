@@ -27,7 +27,7 @@ def _fit_epilog() -> str:
     from dream3d.config import list_recipes, main_keys
 
     lines = ["recipes: " + ", ".join(list_recipes()), "", "main keys (key=value):"]
-    lines += [f"  {k:<22} {d}" for k, d in main_keys()]
+    lines += [f"  {k:<20} {d}" for k, d in main_keys()]
     lines += [
         "",
         "per-stage keys, e.g.: stages.coarse.steps=500  stages.coarse.guidance.guidance_scale=50",

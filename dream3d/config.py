@@ -163,6 +163,23 @@ def list_recipes() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
+KEY_HELP = {
+    "prompt": "what to make, e.g. \"a pineapple\" (required)",
+    "negative_prompt": "what to steer away from (the unconditional prompt of CFG)",
+    "view_dependent": "append \", front/side/back/overhead view\" to the prompt per camera",
+    "recipe": "stage recipe from configs/",
+    "prior": "diffusers text-to-image folder or hub id",
+    "prior_dtype": "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16",
+    "seed": "random seed; a run is reproducible from it on the same machine",
+    "device": "auto | cpu | cuda",
+    "output_dir": "where run folders go: <output_dir>/<recipe>/<name>",
+    "name": "run folder name (default <prompt-slug>-<time>)",
+    "steps": "total step budget, split over the stages in the recipe's proportions",
+    "guidance": "guidance for every stage (sds)",
+    "export": "export meshes and videos at the end (not yet available)",
+}
+
+
 def main_keys() -> list[tuple[str, str]]:
     """(key, description) of the run-wide keys, for ``--help``."""
     out = []
@@ -170,7 +187,7 @@ def main_keys() -> list[tuple[str, str]]:
         if f.name == "stages":
             continue
         default = f.default if f.default is not dataclasses.MISSING else "..."
-        out.append((f.name, f"default {default!r}"))
+        out.append((f.name, f"{KEY_HELP.get(f.name, '')} [default {default!r}]"))
     out.append(("stages.<name>.<key>", "per-stage settings, e.g. stages.coarse.steps=500"))
     return out
 
