@@ -113,12 +113,26 @@ def test_interrupt_then_resume_matches_uninterrupted(latent_run, latent_prior_di
         assert torch.allclose(resumed[k].float(), straight[k].float(), atol=1e-5), k
 
 
-def test_pixel_prior_fit(pixel_prior_dir, tmp_path):
-    code, run = fit(pixel_prior_dir, tmp_path, "pixel", "stages.coarse.steps=20", "stages.coarse.guidance.weighting=uniform")
-    assert code == 0
+def test_pixel_prior_fit_with_resume(pixel_prior_dir, tmp_path, monkeypatch):
+    from dream3d.systems.nerf import NeRFSystem
+
+    original = NeRFSystem.training_step
+
+    def ctrl_c_at_step_12(self, batch, batch_idx):
+        if self.global_step == 12:
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(NeRFSystem, "training_step", ctrl_c_at_step_12)
+    code, run = fit(pixel_prior_dir, tmp_path, "pixel", "stages.coarse.guidance.weighting=uniform")
+    assert code == 130
+    ckpt = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 12
+    monkeypatch.setattr(NeRFSystem, "training_step", original)
+    assert cli.main(["fit", f"resume={run}", "--quiet"]) == 0
     rows = metrics(run)
-    assert len(rows) == 20 and all(math.isfinite(float(r["loss"])) for r in rows)
-    assert (run / "ckpts" / "coarse" / "last.ckpt").is_file()
+    assert [int(r["step"]) for r in rows] == list(range(20))
+    assert all(math.isfinite(float(r["loss"])) and math.isfinite(float(r["grad_norm"])) for r in rows)
 
 
 def test_real_ctrl_c_saves_a_checkpoint(latent_prior_dir, tmp_path):
