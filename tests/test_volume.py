@@ -10,7 +10,8 @@ from torch import nn
 
 from dream3d.cameras import turntable
 from dream3d.config import RendererConfig
-from dream3d.render.volume import Background, OccupancyGrid, VolumeRenderer, ray_aabb
+from dream3d.render.background import Background
+from dream3d.render.volume import OccupancyGrid, VolumeRenderer, ray_aabb
 
 
 class Ball(nn.Module):

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SHADINGS = ("albedo", "diffuse", "textureless")
+from dream3d.render.background import Background
+from dream3d.render.shading import shade
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, radius: float, near: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,43 +86,6 @@ class OccupancyGrid(nn.Module):
         above = (self.density > self.sigma_threshold).view(1, 1, G, G, G).float()
         self.occupied.copy_(F.max_pool3d(above, 3, stride=1, padding=1).view(G, G, G) > 0)
         return float(self.occupied.float().mean())
-
-
-class Background(nn.Module):
-    """Background colour per ray: a learned function of the view direction (``mlp``), fixed, or random."""
-
-    def __init__(self, kind: str = "mlp", color: tuple[float, float, float] = (1.0, 1.0, 1.0), n_freq: int = 2):
-        super().__init__()
-        self.kind = kind
-        self.n_freq = n_freq
-        self.register_buffer("color", torch.tensor(color, dtype=torch.float32))
-        if kind == "mlp":
-            n_in = 3 + 3 * 2 * n_freq
-            self.net = nn.Sequential(nn.Linear(n_in, 32), nn.ReLU(), nn.Linear(32, 3))
-
-    def forward(self, dirs: Tensor, random_color: Optional[Tensor] = None) -> Tensor:
-        """dirs [...,3] unit -> rgb [...,3] in [0,1]. ``random_color`` [3] overrides (training augmentation)."""
-        if random_color is not None:
-            return random_color.expand(*dirs.shape[:-1], 3)
-        if self.kind != "mlp":
-            return self.color.expand(*dirs.shape[:-1], 3)
-        feats = [dirs]
-        for k in range(self.n_freq):
-            feats += [torch.sin((2.0**k) * math.pi * dirs), torch.cos((2.0**k) * math.pi * dirs)]
-        return torch.sigmoid(self.net(torch.cat(feats, dim=-1)))
-
-
-def shade(albedo: Tensor, normal: Optional[Tensor], light_dir: Optional[Tensor], shading: str, ambient: float) -> Tensor:
-    """Per-sample colour [M,3]: albedo, diffuse (albedo x (ambient + (1-ambient) max(0, n.l))) or textureless (white)."""
-    if shading == "albedo":
-        return albedo
-    lambert = (normal * light_dir).sum(-1, keepdim=True).clamp_min(0.0)
-    light = ambient + (1.0 - ambient) * lambert
-    if shading == "diffuse":
-        return albedo * light
-    if shading == "textureless":
-        return light.expand(-1, 3)
-    raise ValueError(f"shading: expected one of {', '.join(SHADINGS)}, got '{shading}'")
 
 
 class VolumeRenderer(nn.Module):

@@ -8,7 +8,8 @@ from torch import Tensor
 from dream3d.cameras import Cameras, sample_cameras, turntable
 from dream3d.prior.prompts import PromptEmbeddings
 from dream3d.registry import GUIDANCES, resolve
-from dream3d.render.volume import Background, VolumeRenderer
+from dream3d.render.background import Background
+from dream3d.render.volume import VolumeRenderer
 from dream3d.representations.nerf import NeRF
 from dream3d.systems.base import BaseSystem, opacity_entropy_loss, sparsity_loss
 
