@@ -55,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
         "prior", help="the shape world and the shipped prior", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="The shape world behind the shipped prior.",
         epilog="examples:\n  dream3d prior world --list\n  dream3d prior world export name=snowman out=snowman.glb\n"
-        "sampling and training the prior are not yet available (the shape-world prior issue)",
+        '  dream3d prior sample prompt="a red cube" [n=4] [steps=20] [guidance=7.5] [sampler=dpm-solver++|ddim|ddpm]\n'
+        "      [seed=0] [prior=assets/priors/shapeworld] [out=samples.png]\n"
+        "train the shipped prior with: python scripts/train_shapeworld_prior.py --preset full",
     )
-    prior.add_argument("action", choices=["world"], help="world: list or export catalogue objects")
+    prior.add_argument("action", choices=["world", "sample"], help="world: list or export objects; sample: image grid")
     prior.add_argument("args", nargs="*", metavar="key=value")
     prior.add_argument("--list", action="store_true", help="print the catalogue")
     for name, what in NOT_YET.items():
@@ -115,13 +117,15 @@ def cmd_prior(args: argparse.Namespace) -> int:
     from dream3d.config import ConfigError, parse_overrides
     from dream3d.prior.shapeworld import export_glb, format_catalogue, get
 
-    if args.list:
-        print(format_catalogue())
-        return 0
     try:
         kv = parse_overrides([a for a in args.args if a != "export"])
     except ConfigError as exc:
         return _error(str(exc))
+    if args.action == "sample":
+        return cmd_prior_sample(kv)
+    if args.list:
+        print(format_catalogue())
+        return 0
     if "export" not in args.args or set(kv) - {"name", "out"} or "name" not in kv:
         return _error("prior world: expected --list, or export name=<object or caption> [out=<file.glb>]")
     try:
@@ -133,6 +137,56 @@ def cmd_prior(args: argparse.Namespace) -> int:
         return _error(f"out: expected a .glb file name, got '{out}'")
     export_glb(obj, out)
     print(f"wrote {out} ({obj.caption}: {len(obj.faces)} faces)")
+    return 0
+
+
+SAMPLE_KEYS = {"prompt": str, "n": int, "steps": int, "guidance": float, "sampler": str, "seed": int, "prior": str,
+               "out": str, "negative_prompt": str}
+
+
+def cmd_prior_sample(kv: dict[str, str]) -> int:
+    """``dream3d prior sample prompt=... [n=4] [steps=20] [guidance=7.5] [sampler=dpm-solver++]``: a PNG grid."""
+    import difflib
+    import time
+
+    from dream3d.config import DEFAULT_PRIOR, ConfigError, resolve_prior_path
+
+    values: dict = {"n": 4, "steps": 20, "guidance": 7.5, "sampler": "dpm-solver++", "seed": 0,
+                    "prior": DEFAULT_PRIOR, "out": "samples.png", "negative_prompt": ""}
+    for key, raw in kv.items():
+        if key not in SAMPLE_KEYS:
+            hint = difflib.get_close_matches(key, list(SAMPLE_KEYS), n=1)
+            return _error(f"unknown key '{key}' for prior sample" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        try:
+            values[key] = SAMPLE_KEYS[key](raw)
+        except ValueError:
+            return _error(f"{key}: expected {SAMPLE_KEYS[key].__name__}, got '{raw}'")
+    if not str(values.get("prompt", "")).strip():
+        return _error('prompt: expected a non-empty text, e.g. prompt="a red cube"')
+    if values["n"] < 1 or values["steps"] < 1:
+        return _error(f"n and steps: expected positive integers, got n={values['n']}, steps={values['steps']}")
+    if values["sampler"] not in ("dpm-solver++", "ddim", "ddpm"):
+        return _error(f"sampler: expected one of dpm-solver++, ddim, ddpm, got '{values['sampler']}'")
+    if not str(values["out"]).lower().endswith(".png"):
+        return _error(f"out: expected a .png file name, got '{values['out']}'")
+    try:
+        prior_path = resolve_prior_path(values["prior"])
+    except ConfigError as exc:
+        return _error(str(exc))
+    from dream3d.prior import PriorError, load_prior
+    from dream3d.prior.sample import sample, save_grid
+
+    try:
+        prior = load_prior(prior_path)
+    except PriorError as exc:
+        return _error(str(exc), 1)
+    start = time.perf_counter()
+    images = sample(prior, values["prompt"], values["n"], values["steps"], values["guidance"], values["sampler"],
+                    values["seed"], values["negative_prompt"])
+    elapsed = time.perf_counter() - start
+    path = save_grid(images, values["out"])
+    print(f"wrote {path}: {values['n']} samples of '{values['prompt']}' in {elapsed:.2f} s"
+          f" ({elapsed / values['n']:.2f} s per image, {values['steps']} {values['sampler']} steps)")
     return 0
 
 

@@ -131,3 +131,18 @@ def test_prior_world_list_and_export(tmp_path, capsys):
     assert cli.main(["prior", "world", "export", "name=snowmen", f"out={tmp_path / 'x.glb'}"]) == 2
     assert "close matches: snowman" in capsys.readouterr().err
     assert not (tmp_path / "x.glb").exists()
+
+
+def test_prior_sample_writes_a_grid(tmp_path, capsys, latent_prior_dir):
+    out = tmp_path / "grid.png"
+    code = cli.main(["prior", "sample", "prompt=a red cube", "n=2", "steps=3", f"prior={latent_prior_dir}", f"out={out}"])
+    assert code == 0, capsys.readouterr().err
+    from PIL import Image
+
+    assert Image.open(out).size[0] >= 2 * 32
+    for bad, needle in [("n=0", "n and steps"), ("sampler=euler", "sampler: expected one of"), ("stepz=3", "did you mean 'steps'"),
+                        ("prompt=", "prompt: expected a non-empty text")]:
+        args = ["prior", "sample", "prompt=a cube", f"prior={latent_prior_dir}", f"out={tmp_path / 'bad.png'}", bad]
+        assert cli.main(args) == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "bad.png").exists()

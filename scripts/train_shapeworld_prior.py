@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Train the shape-world prior that ships in ``assets/priors/shapeworld`` (CPU, about 2 hours on 2 cores).
+
+    .venv/bin/python scripts/train_shapeworld_prior.py                       # the full run
+    .venv/bin/python scripts/train_shapeworld_prior.py --resume              # continue an interrupted run
+    .venv/bin/python scripts/train_shapeworld_prior.py --preset smoke --out /tmp/sw   # about a minute
+    .venv/bin/python scripts/train_shapeworld_prior.py --probe               # time one step of each stage
+
+Stages: render data (cached in --cache) -> tokenizer -> VAE -> text encoder + UNet -> classifier -> save in
+the Stable Diffusion layout. See :mod:`dream3d.prior.shapeworld.train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dream3d.prior.shapeworld.train import preset, probe, train  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=("full", "smoke"), default="full")
+    ap.add_argument("--out", default=None, help="pipeline folder (default: assets/priors/shapeworld)")
+    ap.add_argument("--cache", default=None, help="rendered-data cache folder (default: .cache/shapeworld)")
+    ap.add_argument("--steps-vae", type=int, default=None)
+    ap.add_argument("--steps-unet", type=int, default=None)
+    ap.add_argument("--steps-classifier", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None, help="batch of the VAE and UNet stages")
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (faster only on CPUs with native bf16)")
+    ap.add_argument("--resume", action="store_true", help="continue each stage from its checkpoint")
+    ap.add_argument("--keep-checkpoints", action="store_true",
+                    help="keep training/*.pt after saving (without them a later --resume starts over)")
+    ap.add_argument("--probe", action="store_true", help="only time one step of each stage and estimate the run")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in {"out": args.out, "cache": args.cache, "seed": args.seed,
+                                   "threads": args.threads}.items() if v is not None}
+    cfg = preset(args.preset, **overrides)
+    cfg.bf16 = cfg.bf16 or args.bf16
+    cfg.keep_checkpoints = cfg.keep_checkpoints or args.keep_checkpoints
+    if args.steps_vae is not None:
+        cfg.vae.steps = args.steps_vae
+    if args.steps_unet is not None:
+        cfg.unet.steps = args.steps_unet
+    if args.steps_classifier is not None:
+        cfg.classifier.steps = args.steps_classifier
+    if args.batch is not None:
+        cfg.vae.batch = cfg.unet.batch = args.batch
+    start = time.perf_counter()
+
+    def log(message: str) -> None:
+        print(f"[{(time.perf_counter() - start) / 60:6.1f} min] {message}", flush=True)
+
+    if args.probe:
+        probe(cfg, log=log)
+        return 0
+    summary = train(cfg, resume=args.resume, log=log)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The shape-world prior's code: tokenizer, rendered data, a smoke training run saved in the SD layout, resume,
+sampling, and the evaluation classifier (tiny sizes; real training is a separate, long run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dream3d.cameras import VIEW_LABELS, make_cameras
+from dream3d.prior.shapeworld import caption_with_view, catalogue
+
+SMOKE_STEPS = 4
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenizer
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_tokenizer_makes_caption_words_single_tokens(tmp_path):
+    from transformers import AutoTokenizer
+
+    from dream3d.prior.shapeworld.tokenizer import build_tokenizer, caption_words
+
+    build_tokenizer(tmp_path / "tok", max_length=16)
+    assert (tmp_path / "tok" / "vocab.json").is_file() and (tmp_path / "tok" / "merges.txt").is_file()
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    words = caption_words()
+    assert {"a", "an", "snowman", "torus", "overhead", "view", "back", ","} <= set(words)
+    for word in words:
+        assert tok.tokenize(word) == [word + "</w>"], word
+    vocab = tok.get_vocab()
+    for text in ("a Zebra with 3 hats!", "a DSLR photo of a pineapple", "ünïcödé ☃"):
+        pieces = tok.tokenize(text)
+        assert pieces and all(p in vocab for p in pieces) and tok.unk_token not in pieces, text
+    ids = tok(["a red cube, front view"], padding="max_length", max_length=16).input_ids[0]
+    assert len(ids) == 16 and ids[0] == tok.bos_token_id and len(set(ids[1:7])) == 6
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_dataset_is_deterministic_and_captions_match_views(tmp_path):
+    from dream3d.prior.shapeworld.data import RenderConfig, load_or_render, render_dataset
+
+    cfg = RenderConfig(size=32)
+    a = render_dataset(10, seed=3, cfg=cfg)
+    b = render_dataset(10, seed=3, cfg=cfg)
+    c = render_dataset(10, seed=4, cfg=cfg)
+    assert a.images.shape == (10, 32, 32, 3) and a.images.dtype == np.uint8
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.caption_ids, b.caption_ids)
+    assert not np.array_equal(a.images, c.images)
+    objects = catalogue()
+    cams = make_cameras(torch.from_numpy(a.elevation), torch.from_numpy(a.azimuth), torch.full((10,), 2.0),
+                        torch.from_numpy(a.fovy), 32, 32)
+    for i, label in enumerate(cams.view_labels()):
+        assert VIEW_LABELS[a.view_ids[i]] == label
+        assert a.caption(i) == caption_with_view(objects[a.object_ids[i]].caption, label)
+    assert (a.elevation >= -10 - 1e-4).all() and (a.elevation <= 90 + 1e-4).all()
+    assert (a.fovy >= 40 - 1e-4).all() and (a.fovy <= 70 + 1e-4).all()
+    border = np.concatenate([a.images[:, 0], a.images[:, -1], a.images[:, :, 0], a.images[:, :, -1]], axis=1)
+    assert (border == 255).mean() > 0.97  # white background, objects inside the frame
+    covered = (a.images < 250).any(-1).mean(axis=(1, 2))
+    assert (covered > 0.08).all()  # objects fill a good part of the frame
+
+    first = load_or_render(tmp_path, 10, 3, cfg)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    again = load_or_render(tmp_path, 10, 3, cfg)
+    assert np.array_equal(first.images, again.images) and again.captions == a.captions
+    assert np.array_equal(again.images, a.images)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Smoke training: SD layout, loading, resume, sampling
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _smoke_config(out, cache):
+    from dream3d.prior.shapeworld.train import preset
+
+    cfg = preset("smoke", out=str(out), cache=str(cache), n_train=116, n_test=58, keep_checkpoints=True,
+                 checkpoint_every=2, log_every=2, threads=1)
+    cfg.vae.steps = cfg.unet.steps = cfg.classifier.steps = SMOKE_STEPS
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from dream3d.prior.shapeworld.train import train
+
+    root = tmp_path_factory.mktemp("shapeworld")
+    cfg = _smoke_config(root / "prior", root / "cache")
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    return cfg, summary, lines
+
+
+def _csv_steps(path):
+    with open(path) as f:
+        return [int(row["step"]) for row in csv.DictReader(f)]
+
+
+def test_smoke_training_saves_a_stable_diffusion_folder(smoke_run):
+    from diffusers import StableDiffusionPipeline
+
+    from dream3d.prior import load_prior
+
+    cfg, summary, _ = smoke_run
+    out = cfg.train_dir.parent
+    index = json.loads((out / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["requires_safety_checker"] is False
+    assert "classifier" not in index
+    for sub in ("unet", "vae", "text_encoder"):
+        assert list((out / sub).glob("*.safetensors")), sub
+    assert (out / "tokenizer" / "vocab.json").is_file() and (out / "tokenizer" / "merges.txt").is_file()
+    vae_config = json.loads((out / "vae" / "config.json").read_text())
+    assert vae_config["scaling_factor"] == pytest.approx(summary["scaling_factor"])
+    assert summary["weights_mb"] < 40
+    assert _csv_steps(cfg.train_dir / "unet.csv") == list(range(1, SMOKE_STEPS + 1))
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(out))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.vae.dtype == torch.float32
+    image = pipe("a red cube, front view", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all()
+
+    prior = load_prior(str(out))
+    assert prior.is_latent and prior.image_size == 64 and prior.vae_scale_factor == 4
+    assert prior.encode_text(["a snowman, back view"]).shape == (1, 16, cfg.text.hidden_size)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_where_an_interrupted_run_stopped(smoke_run, tmp_path):
+    """Kill a run right after the UNet's mid-way checkpoint, resume it: same steps logged, same weights as the
+    uninterrupted run (which also shows that a fresh run with the same seed repeats itself)."""
+    from safetensors.torch import load_file
+
+    from dream3d.prior.shapeworld.train import train
+
+    reference, _, _ = smoke_run
+    cfg = _smoke_config(tmp_path / "prior", reference.cache)
+    half = SMOKE_STEPS // 2
+
+    def crash(line: str) -> None:
+        if line.startswith(f"unet: step {half}/"):
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(cfg, log=crash)
+    assert _csv_steps(cfg.train_dir / "unet.csv") == list(range(1, half + 1))
+    lines: list[str] = []
+    train(cfg, resume=True, log=lines.append)
+    assert any(line.startswith("vae: already trained") for line in lines)
+    assert any(line.startswith(f"unet: resumed at step {half}/{SMOKE_STEPS}") for line in lines)
+    assert _csv_steps(cfg.train_dir / "unet.csv") == list(range(1, SMOKE_STEPS + 1))
+    for sub, name in (("unet", "diffusion_pytorch_model"), ("text_encoder", "model")):
+        a = load_file(str(reference.train_dir.parent / sub / f"{name}.safetensors"))
+        b = load_file(str(cfg.train_dir.parent / sub / f"{name}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), sub
+
+
+@pytest.mark.parametrize("sampler", ["dpm-solver++", "ddim", "ddpm"])
+def test_sample_shapes(smoke_run, sampler, tmp_path):
+    from dream3d.prior import load_prior
+    from dream3d.prior.sample import sample, save_grid
+
+    prior = load_prior(str(smoke_run[0].out))
+    images = sample(prior, "a snowman, front view", n=2, steps=3, guidance=3.0, sampler=sampler, seed=1)
+    assert images.shape == (2, 64, 64, 3) and images.min() >= 0 and images.max() <= 1
+    again = sample(prior, "a snowman, front view", n=2, steps=3, guidance=3.0, sampler=sampler, seed=1)
+    assert torch.equal(images, again)
+    path = save_grid(images, tmp_path / "grid.png")
+    from PIL import Image
+
+    assert Image.open(path).size == (128, 64)
+
+
+def test_unknown_sampler_is_a_clear_error(smoke_run):
+    from dream3d.prior.sample import sample
+
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sample(smoke_run[0].out, "a mug", n=1, steps=1, sampler="euler")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classifier
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_smoke_classifier_is_saved_and_classifies(smoke_run):
+    from dream3d.prior.shapeworld.classifier import load_classifier
+
+    cfg, summary, _ = smoke_run
+    clf = load_classifier(cfg.train_dir.parent / "classifier")
+    out = clf.classify(torch.rand(3, 48, 48, 3))
+    assert out["entry_probs"].shape == (3, len(catalogue()))
+    assert out["colour_probs"].shape == (3, 9) and out["object_probs"].shape == (3, 16)
+    assert torch.allclose(out["object_probs"].sum(-1), torch.ones(3), atol=1e-5)
+    assert len(out["captions"]) == 3 and out["captions"][0] in {o.caption for o in catalogue()}
+    assert set(summary["classifier_accuracy"]) >= {"entry", "object", "colour"}
+
+
+def test_classifier_loss_goes_down():
+    from dream3d.prior.shapeworld.classifier import ShapeClassifier, class_table, classifier_losses
+    from dream3d.prior.shapeworld.data import RenderConfig, render_dataset
+
+    data = render_dataset(58, seed=0, cfg=RenderConfig(size=32))
+    torch.manual_seed(0)
+    model = ShapeClassifier([8, 16, 16, 16], 32, class_table())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x = data.tensor() * 2 - 1
+    entry, view = torch.from_numpy(data.object_ids), torch.from_numpy(data.view_ids)
+    losses = []
+    for _ in range(15):
+        loss = classifier_losses(model, x, entry, view, 0.5)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
