@@ -104,8 +104,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         summary = fit(cfg, run_dir, show_progress=not args.quiet, resume=resume is not None)
     except RunInterrupted as exc:
         return _error(str(exc), 130)
-    except (PriorError, RuntimeError) as exc:
-        return _error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 1)
+    except PriorError as exc:
+        return _error(str(exc), 1)
     for name, st in summary["stages"].items():
         print(f"stage {name}: {st.get('completed_steps')} steps, {st.get('wall_s')} s, {st.get('it_per_s')} it/s,"
               f" final loss {st.get('final', {}).get('loss', float('nan')):.4g}")

@@ -347,6 +347,11 @@ def validate(cfg: RunConfig) -> None:
     if cfg.steps is not None and cfg.steps <= 0:
         raise ConfigError(f"steps: expected a positive integer, got {cfg.steps}")
     _choice("device", cfg.device, ["auto", "cpu", "cuda"])
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device: cuda was asked for but no CUDA device is available; expected device=cpu or auto")
     _choice("prior_dtype", cfg.prior_dtype, ["auto", "fp32", "fp16", "bf16"])
     if cfg.name is not None and (not cfg.name.strip() or "/" in cfg.name or cfg.name in (".", "..")):
         raise ConfigError(f"name: expected a folder name without '/', got '{cfg.name}'")

@@ -48,8 +48,6 @@ def new_run_dir(cfg: RunConfig) -> Path:
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
     return torch.device(name)
 
 
@@ -79,7 +77,12 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
     write_json(run_dir / "summary.json", summary)
 
     t0 = time.perf_counter()
-    prior = load_prior(cfg.prior, device, cfg.prior_dtype)
+    try:
+        prior = load_prior(cfg.prior, device, cfg.prior_dtype)
+    except Exception as exc:
+        summary.update(status="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        write_json(run_dir / "summary.json", summary)
+        raise
     summary["prior_load_s"] = round(time.perf_counter() - t0, 2)
 
     for name, stage in cfg.stages.items():

@@ -42,6 +42,8 @@ def test_shorthands(latent_prior_dir):
         ("stages.coarse.guidance.t_max=[1,2]", "stages.coarse.guidance.t_max: expected a number or [start_step"),
         ("stages.coarse.guidance.name=magic", "stages.coarse.guidance.name: expected one of sds"),
         ("device=tpu", "device: expected one of auto, cpu, cuda"),
+        pytest.param("device=cuda", "device: cuda was asked for but no CUDA device",
+                     marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")),
     ],
 )
 def test_bad_values_raise_one_line(latent_prior_dir, override, needle):

@@ -182,3 +182,13 @@ def test_stage_initialised_from_previous_stage(latent_prior_dir, tmp_path):
     for k, v in coarse.items():
         if k.startswith("nerf."):
             assert torch.equal(v, fine[k]), k  # lr 0 in the fine stage: exactly the coarse result
+
+
+def test_broken_prior_folder_fails_with_one_line(tmp_path, capsys):
+    prior = tmp_path / "broken"
+    (prior / "unet").mkdir(parents=True)
+    (prior / "model_index.json").write_text("{}")
+    code = cli.main(["fit", "prompt=a cube", f"prior={prior}", f"output_dir={tmp_path}", "name=b", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("dream3d: error: prior: cannot load")
+    assert json.loads((tmp_path / "dreamfusion" / "b" / "summary.json").read_text())["status"] == "failed"
