@@ -41,6 +41,21 @@ def nerf_state(run: Path) -> dict:
     return torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 
+def ctrl_c_at(monkeypatch, step: int):
+    """Make the training step raise KeyboardInterrupt (what Ctrl-C does) at ``step``; returns an undo."""
+    from dream3d.systems.nerf import NeRFSystem
+
+    original = NeRFSystem.training_step
+
+    def interrupted(self, batch, batch_idx):
+        if self.global_step == step:
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(NeRFSystem, "training_step", interrupted)
+    return lambda: monkeypatch.setattr(NeRFSystem, "training_step", original)
+
+
 @pytest.fixture(scope="module")
 def latent_run(latent_prior_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
@@ -86,23 +101,14 @@ def test_fit_changes_the_nerf(latent_run, latent_prior_dir, tmp_path):
 
 
 def test_interrupt_then_resume_matches_uninterrupted(latent_run, latent_prior_dir, tmp_path, monkeypatch, capsys):
-    from dream3d.systems.nerf import NeRFSystem
-
-    original = NeRFSystem.training_step
-
-    def ctrl_c_at_step_8(self, batch, batch_idx):
-        if self.global_step == 8:
-            raise KeyboardInterrupt
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(NeRFSystem, "training_step", ctrl_c_at_step_8)
+    restore = ctrl_c_at(monkeypatch, 8)
     code, run = fit(latent_prior_dir, tmp_path, "stopped")
     assert code == 130
     assert "resume=" in capsys.readouterr().err
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["stages"]["coarse"]["completed_steps"] == 8
     assert len(metrics(run)) == 8
-    monkeypatch.setattr(NeRFSystem, "training_step", original)
+    restore()
 
     assert cli.main(["fit", f"resume={run}", "--quiet"]) == 0
     summary = json.loads((run / "summary.json").read_text())
@@ -114,21 +120,12 @@ def test_interrupt_then_resume_matches_uninterrupted(latent_run, latent_prior_di
 
 
 def test_pixel_prior_fit_with_resume(pixel_prior_dir, tmp_path, monkeypatch):
-    from dream3d.systems.nerf import NeRFSystem
-
-    original = NeRFSystem.training_step
-
-    def ctrl_c_at_step_12(self, batch, batch_idx):
-        if self.global_step == 12:
-            raise KeyboardInterrupt
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(NeRFSystem, "training_step", ctrl_c_at_step_12)
+    restore = ctrl_c_at(monkeypatch, 12)
     code, run = fit(pixel_prior_dir, tmp_path, "pixel", "stages.coarse.guidance.weighting=uniform")
     assert code == 130
     ckpt = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 12
-    monkeypatch.setattr(NeRFSystem, "training_step", original)
+    restore()
     assert cli.main(["fit", f"resume={run}", "--quiet"]) == 0
     rows = metrics(run)
     assert [int(r["step"]) for r in rows] == list(range(20))
