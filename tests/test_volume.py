@@ -138,3 +138,19 @@ def test_gradients_reach_the_field():
     out["rgb"].mean().backward()
     assert lin.weight.grad is not None and torch.isfinite(lin.weight.grad).all() and lin.weight.grad.abs().sum() > 0
     assert math.isfinite(float(out["depth"].mean()))
+
+
+def test_rays_that_miss_the_box_render_background():
+    """No sample survives: the field is called on zero points and the image is the background."""
+    from dream3d.config import NeRFConfig
+    from dream3d.representations.nerf import NeRF
+
+    cfg = NeRFConfig()
+    cfg.encoding.n_levels, cfg.encoding.log2_hashmap_size = 2, 10
+    renderer = VolumeRenderer(RendererConfig(num_samples=16), radius=1.0)
+    o = torch.tensor([0.0, 0.0, 3.0]).expand(1, 4, 4, 3)
+    d = torch.tensor([0.0, 0.0, 1.0]).expand(1, 4, 4, 3)  # looking away from the scene box
+    out = renderer(NeRF(cfg), Background("solid", (0.2, 0.4, 0.6)), o, d, torch.zeros(1, 3), "diffuse", with_normals=True)
+    assert float(out["samples"]) == 0
+    assert torch.allclose(out["rgb"], torch.tensor([0.2, 0.4, 0.6]).expand(1, 4, 4, 3))
+    assert torch.equal(out["opacity"], torch.zeros(1, 4, 4, 1))

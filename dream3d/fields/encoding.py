@@ -231,8 +231,8 @@ class HashGridEncoding(nn.Module):
             if value.is_complex():
                 value, grads = torch.view_as_real(value), torch.view_as_real(grads)
             n = x.shape[0]
-            feats.append(value.reshape(n, -1))
-            jacs.append(grads.reshape(3, n, -1))
+            feats.append(value.reshape(n, self.n_features_per_level))  # explicit F: n may be 0
+            jacs.append(grads.reshape(3, n, self.n_features_per_level))
         return torch.cat(feats, dim=-1), torch.cat(jacs, dim=-1)
 
 
