@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.preset != "full" and args.out is None:  # a smoke model must never become the shipped default prior
+        print(f"train_shapeworld_prior: --preset {args.preset} needs --out (the default folder is the shipped prior)",
+              file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in {"out": args.out, "cache": args.cache, "seed": args.seed,
                                    "threads": args.threads}.items() if v is not None}
     cfg = preset(args.preset, **overrides)
