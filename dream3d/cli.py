@@ -96,11 +96,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     print(f"dream3d: run folder {run_dir}", file=sys.stderr)
     try:
-        if resume is not None:
-            from dream3d.config import to_yaml
-            from dream3d.io import write_text
-
-            write_text(run_dir / "config.yaml", to_yaml(cfg))
         summary = fit(cfg, run_dir, show_progress=not args.quiet, resume=resume is not None)
     except RunInterrupted as exc:
         return _error(str(exc), 130)

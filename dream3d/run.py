@@ -66,8 +66,7 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
     set_threads()
     device = pick_device(cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
+    write_text(run_dir / "config.yaml", to_yaml(cfg))  # on resume: the stored config with any new overrides
     summary = read_summary(run_dir) if resume else {}
     summary.update(
         prompt=cfg.prompt, recipe=cfg.recipe, seed=cfg.seed, prior=cfg.prior, device=str(device),
