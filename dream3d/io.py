@@ -16,11 +16,18 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path; on success rename it to ``path``, on error remove it."""
+def atomic_path(path: str | Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``path``, on error remove it.
+
+    ``keep_suffix`` ends the temporary name with ``path``'s extension (``.turntable.tmp123.mp4``), for writers
+    such as ffmpeg that choose the file format from the name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if keep_suffix:
+        tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    else:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)

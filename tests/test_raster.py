@@ -241,3 +241,58 @@ def test_render_mesh_outputs():
     assert centre[0] > centre[1] and centre[0] > centre[2]
     mask = out["alpha"][0, ..., 0] > 0.999
     assert torch.allclose(out["normal"][0][mask].norm(dim=-1), torch.ones(int(mask.sum())), atol=1e-5)
+
+
+def _textured_quad():
+    """A unit quad in the z = 0 plane facing +Z, uv v = 0 along its top edge, and a 2 x 2 texture."""
+    verts = torch.tensor([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0], [-0.5, 0.5, 0.0]])
+    faces = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    uv = torch.tensor([[0.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    texture = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]])  # row 0: red, green
+    return verts, faces, uv, texture
+
+
+def test_render_mesh_texture_orientation_and_gradients():
+    from dream3d.representations.mesh import TexturedMesh
+
+    verts, faces, uv, texture = _textured_quad()
+    texture = texture.clone().requires_grad_(True)
+    cams = _camera(0.0, 0.0, distance=2.0, fovy=40.0, size=48)
+    out = render_mesh(verts, faces, None, cams, uv=uv, texture=texture, ambient=1.0)
+    albedo = out["albedo"][0]
+    mask = out["alpha"][0, ..., 0] > 0.999
+    # the texture's top-left texel shows at the quad's top-left (image row 0 is the top, v = 0 is texture row 0)
+    rows, cols = mask.nonzero(as_tuple=True)
+    top, bottom, left, right = int(rows.min()) + 1, int(rows.max()) - 1, int(cols.min()) + 1, int(cols.max()) - 1
+    expect = {(top, left): [1, 0, 0], (top, right): [0, 1, 0], (bottom, left): [0, 0, 1], (bottom, right): [1, 1, 1]}
+    for (r, c), rgb in expect.items():
+        assert torch.allclose(albedo[r, c], torch.tensor(rgb, dtype=torch.float32), atol=0.1), (r, c, albedo[r, c])
+    # the albedo is the mesh's own texture lookup at the interpolated uv, and the shaded colour is the albedo here
+    rast = rasterize(transform(verts, mvp_from_cameras(cams)), faces, 48, 48)
+    mesh = TexturedMesh(verts, faces, uv=uv, texture=texture.detach())
+    want = mesh.sample_texture(interpolate(uv, rast, faces)[0][mask])
+    assert torch.allclose(albedo[mask], want, atol=1e-5)
+    assert torch.allclose(out["rgb"][0][mask], albedo[mask], atol=1e-5)
+    out["rgb"].sum().backward()
+    assert texture.grad is not None and (texture.grad > 0).all()  # every texel is seen
+
+
+def test_render_textured_picks_texture_colours_or_grey():
+    from dream3d.render.raster import render_textured
+    from dream3d.representations.mesh import TexturedMesh
+
+    verts, faces, uv, texture = _textured_quad()
+    cams = _camera(0.0, 0.0, distance=2.0, fovy=40.0, size=24)
+    textured = render_textured(TexturedMesh(verts, faces, uv=uv, texture=texture), cams)
+    direct = render_mesh(verts, faces, None, cams, uv=uv, texture=texture)
+    assert torch.equal(textured["rgb"], direct["rgb"])
+    colours = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
+    coloured = render_textured(TexturedMesh(verts, faces, vertex_colors=colours), cams)
+    assert torch.equal(coloured["rgb"], render_mesh(verts, faces, colours, cams)["rgb"])
+    grey = render_textured(TexturedMesh(verts, faces), cams, ambient=1.0)
+    mask = grey["alpha"][0, ..., 0] > 0.999
+    assert torch.allclose(grey["rgb"][0][mask], torch.full((int(mask.sum()), 3), 0.7))
+    with pytest.raises(ValueError, match="uv and texture"):
+        render_mesh(verts, faces, None, cams, uv=uv)
+    with pytest.raises(ValueError, match="give colors"):
+        render_mesh(verts, faces, None, cams)

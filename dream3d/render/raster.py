@@ -499,21 +499,43 @@ def _light_directions(cams, light: Optional[Tensor]) -> Tensor:
     return F.normalize(light.reshape(-1, 3).expand(B, 3), dim=-1)
 
 
+def texture_lookup(texture: Tensor, uv: Tensor) -> Tensor:
+    """Bilinear lookup of ``texture`` [H,W,C] at ``uv`` [...,2] -> [...,C] (differentiable in both).
+
+    The convention of :class:`dream3d.representations.mesh.TexturedMesh`: ``u`` runs along image columns,
+    ``v = 0`` is image row 0 (the top row); texel centres at ``(i + 0.5) / W``; clamped at the border.
+    """
+    shape = uv.shape[:-1]
+    grid = (uv.reshape(1, -1, 1, 2) * 2.0 - 1.0).to(texture.dtype)
+    out = F.grid_sample(texture.permute(2, 0, 1)[None], grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)  # [1,C,N,1]
+    return out[0, :, :, 0].t().reshape(*shape, texture.shape[-1])
+
+
 def render_mesh(
-    verts: Tensor, faces: Tensor, colors: Tensor, cams, light: Optional[Tensor] = None,
+    verts: Tensor, faces: Tensor, colors: Optional[Tensor], cams, light: Optional[Tensor] = None,
     background: Union[float, Tensor] = 1.0, ambient: float = 0.35, smooth_normals: bool = False,
     face_colors: Optional[bool] = None, antialiased: bool = True, topology: Optional[Tensor] = None,
+    uv: Optional[Tensor] = None, texture: Optional[Tensor] = None,
 ) -> dict[str, Tensor]:
-    """Render a coloured mesh with Lambert + ambient shading under a directional light.
+    """Render a coloured or textured mesh with Lambert + ambient shading under a directional light.
 
     verts [V,3], faces [F,3], colors [V,3] per vertex or [F,3] per face (``face_colors`` forces the choice;
-    by default per-face when ``colors`` has F rows and V != F). ``light`` is the direction *towards* the light
+    by default per-face when ``colors`` has F rows and V != F). With ``uv`` [V,2] and ``texture`` [Ht,Wt,3]
+    (both or neither) the albedo is instead the bilinear :func:`texture_lookup` at the interpolated uv, and
+    ``colors`` is ignored (it may be None). ``light`` is the direction *towards* the light
     ([3] or [B,3], world); by default it comes from the camera, tilted upwards. Surfaces are shaded two-sided
     (normals flipped to face the camera). Returns ``rgb`` [B,H,W,3] composited over ``background``,
-    ``alpha`` [B,H,W,1], ``normal`` [B,H,W,3] (world, unit, 0 in background), ``depth`` [B,H,W,1] (view depth,
-    0 in background). Flat normals unless ``smooth_normals``. ``topology`` (:func:`edge_topology` of
-    ``faces``) can be passed to save recomputing it for every render of the same mesh.
+    ``alpha`` [B,H,W,1], ``albedo`` [B,H,W,3] (unshaded, 0 in background), ``normal`` [B,H,W,3] (world,
+    unit, 0 in background), ``depth`` [B,H,W,1] (view depth, 0 in background). Flat normals unless
+    ``smooth_normals``. ``topology`` (:func:`edge_topology` of ``faces``) can be passed to save recomputing
+    it for every render of the same mesh.
     """
+    if (uv is None) != (texture is None):
+        raise ValueError("render_mesh: uv and texture must be given together (got only "
+                         f"{'uv' if texture is None else 'texture'})")
+    if texture is None and colors is None:
+        raise ValueError("render_mesh: give colors, or uv and texture")
     faces = faces.long()
     H, W = cams.height, cams.width
     clip = transform(verts, mvp_from_cameras(cams).to(verts))
@@ -525,8 +547,11 @@ def render_mesh(
     pos = interpolate(verts, rast, faces)
     view = pos - cams.position.to(verts).view(-1, 1, 1, 3)
     normal = torch.where((normal * view).sum(-1, keepdim=True) > 0, -normal, normal)
-    per_face = face_colors if face_colors is not None else (colors.shape[0] == faces.shape[0] != verts.shape[0])
-    albedo = face_attribute(colors, rast) if per_face else interpolate(colors, rast, faces)
+    if texture is not None:
+        albedo = texture_lookup(texture.to(verts), interpolate(uv.to(verts), rast, faces)) * rast.mask[..., None]
+    else:
+        per_face = face_colors if face_colors is not None else (colors.shape[0] == faces.shape[0] != verts.shape[0])
+        albedo = face_attribute(colors, rast) if per_face else interpolate(colors, rast, faces)
     to_light = _light_directions(cams, light).to(verts).view(-1, 1, 1, 3)
     shade = albedo * (ambient + (1.0 - ambient) * (normal * to_light).sum(-1, keepdim=True).clamp_min(0.0))
     mask = rast.mask[..., None]
@@ -534,4 +559,22 @@ def render_mesh(
     rgba = torch.cat([torch.where(mask, shade, bg), mask.to(verts.dtype)], dim=-1)
     if antialiased:
         rgba = antialias(rgba, rast, clip, faces, topology=topology)
-    return {"rgb": rgba[..., :3], "alpha": rgba[..., 3:], "normal": normal * mask, "depth": rast.depth[..., None]}
+    return {"rgb": rgba[..., :3], "alpha": rgba[..., 3:], "albedo": albedo, "normal": normal * mask,
+            "depth": rast.depth[..., None]}
+
+
+def render_textured(
+    mesh, cams, default_color: Union[float, Tensor] = 0.7, **kwargs
+) -> dict[str, Tensor]:
+    """:func:`render_mesh` of a :class:`~dream3d.representations.mesh.TexturedMesh`.
+
+    The albedo comes from the mesh's texture when it has one (uv + texture), else its vertex colours, else
+    ``default_color`` (grey; a float or an RGB triple). Other keyword arguments go to :func:`render_mesh`.
+    """
+    verts, faces = mesh.verts, mesh.faces
+    if mesh.textured:
+        return render_mesh(verts, faces, None, cams, uv=mesh.uv, texture=mesh.texture, **kwargs)
+    if mesh.vertex_colors is not None:
+        return render_mesh(verts, faces, mesh.vertex_colors.to(verts), cams, **{**kwargs, "face_colors": False})
+    grey = torch.as_tensor(default_color, dtype=verts.dtype, device=verts.device).reshape(-1)
+    return render_mesh(verts, faces, grey.expand(3).expand(verts.shape[0], 3), cams, **{**kwargs, "face_colors": False})
