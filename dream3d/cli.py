@@ -16,8 +16,6 @@ from pathlib import Path
 from dream3d import __version__
 
 NOT_YET = {
-    "export": "exporting GLB/OBJ/PLY meshes (the export issue)",
-    "render": "turntable videos (the export issue)",
     "compare": "SDS-vs-VSD comparison reports (the VSD issue)",
     "eval": "quality evaluation against the shape world (the evaluation issue)",
 }
@@ -62,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument("action", choices=["world", "sample"], help="world: list or export objects; sample: image grid")
     prior.add_argument("args", nargs="*", metavar="key=value")
     prior.add_argument("--list", action="store_true", help="print the catalogue")
+    export = sub.add_parser(
+        "export", help="bake a run's result into a textured mesh (GLB, OBJ/MTL/PNG, PLY)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Bake the last trained stage of a run into <run>/export/model.<format>.",
+        epilog="keys: format=glb[,obj,ply]  threshold=<density, default automatic>  resolution=128  "
+        "texture_size=1024\n      max_faces=<decimate to at most this many faces>  stage=<stage name>\n"
+        "meshes are Y-up with the object's front facing +Z.",
+    )
+    export.add_argument("run", help="run folder (outputs/<recipe>/<name>)")
+    export.add_argument("args", nargs="*", metavar="key=value")
+    render = sub.add_parser(
+        "render", help="turntable video of a run's exported mesh (MP4 + GIF)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Render <run>/export/model.glb (exported first if missing) on a turntable: "
+        "<run>/export/turntable[-<mode>].mp4 and .gif.",
+        epilog="keys: views=120  fps=30  elevation=15  size=512  mode=rgb|normal|depth|all|volume  format=mp4,gif\n"
+        "      stage=<stage name> (mode=volume renders the NeRF itself instead of the mesh)",
+    )
+    render.add_argument("run", help="run folder (outputs/<recipe>/<name>)")
+    render.add_argument("args", nargs="*", metavar="key=value")
     for name, what in NOT_YET.items():
         p = sub.add_parser(name, help=f"{what}: not yet available")
         p.add_argument("args", nargs="*")
@@ -135,27 +153,18 @@ def cmd_prior(args: argparse.Namespace) -> int:
     return 0
 
 
-SAMPLE_KEYS = {"prompt": str, "n": int, "steps": int, "guidance": float, "sampler": str, "seed": int, "prior": str,
-               "out": str, "negative_prompt": str}
-
-
 def cmd_prior_sample(kv: dict[str, str]) -> int:
     """``dream3d prior sample prompt=... [n=4] [steps=20] [guidance=7.5] [sampler=dpm-solver++]``: a PNG grid."""
-    import difflib
     import time
 
-    from dream3d.config import DEFAULT_PRIOR, ConfigError, resolve_prior_path
+    from dream3d.config import DEFAULT_PRIOR, ConfigError, resolve_prior_path, typed_values
 
-    values: dict = {"n": 4, "steps": 20, "guidance": 7.5, "sampler": "dpm-solver++", "seed": 0,
-                    "prior": DEFAULT_PRIOR, "out": "samples.png", "negative_prompt": ""}
-    for key, raw in kv.items():
-        if key not in SAMPLE_KEYS:
-            hint = difflib.get_close_matches(key, list(SAMPLE_KEYS), n=1)
-            return _error(f"unknown key '{key}' for prior sample" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-        try:
-            values[key] = SAMPLE_KEYS[key](raw)
-        except ValueError:
-            return _error(f"{key}: expected {SAMPLE_KEYS[key].__name__}, got '{raw}'")
+    defaults = {"prompt": "", "n": 4, "steps": 20, "guidance": 7.5, "sampler": "dpm-solver++", "seed": 0,
+                "prior": DEFAULT_PRIOR, "out": "samples.png", "negative_prompt": ""}
+    try:
+        values = typed_values(kv, defaults, "prior sample")
+    except ConfigError as exc:
+        return _error(str(exc))
     if not str(values.get("prompt", "")).strip():
         return _error('prompt: expected a non-empty text, e.g. prompt="a red cube"')
     if values["n"] < 1 or values["steps"] < 1:
@@ -185,6 +194,28 @@ def cmd_prior_sample(kv: dict[str, str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, render: bool) -> int:
+    """``dream3d export <run> [format=glb,obj,ply] ...`` and ``dream3d render <run> [views=120] ...``."""
+    from dream3d.config import ConfigError, parse_overrides, typed_values
+    from dream3d.export.run import ExportError, export_run, render_run
+
+    try:
+        kv = parse_overrides(args.args)
+        if render:
+            v = typed_values(kv, {"views": 120, "fps": 30.0, "elevation": 15.0, "size": 512, "mode": "rgb",
+                                  "format": "mp4,gif", "stage": ""}, "render")
+            render_run(args.run, v["views"], v["fps"], v["elevation"], v["size"], v["mode"], v["format"],
+                       v["stage"] or None)
+        else:
+            v = typed_values(kv, {"format": "glb", "threshold": None, "resolution": 128, "texture_size": 1024,
+                                  "max_faces": 0, "stage": ""}, "export")
+            export_run(args.run, v["format"], v["threshold"], v["resolution"], v["texture_size"],
+                       v["max_faces"] or None, v["stage"] or None)
+    except (ConfigError, ExportError) as exc:
+        return _error(str(exc))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -200,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_fit(args)
     if args.command == "prior":
         return cmd_prior(args)
+    if args.command in ("export", "render"):
+        return cmd_export(args, args.command == "render")
     return _error(f"'{args.command}' is not yet available: {NOT_YET[args.command]}")
 
 

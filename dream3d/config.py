@@ -154,7 +154,12 @@ class RunConfig:
     name: Optional[str] = None  # run folder name; default <prompt-slug>-<time>
     steps: Optional[int] = None  # total step budget, split over the stages in the recipe's proportions
     guidance: Optional[str] = None  # shorthand: sets every stage's guidance.name
-    export: bool = False  # export at the end of fit (needs the export issue; false until then)
+    export: bool = True  # end fit with export/model.glb (+ export_formats) and the turntable video
+    export_formats: str = "glb"  # comma list of glb, obj, ply
+    mesh_resolution: int = 128  # marching-cubes grid of the export
+    texture_size: int = 1024  # baked texture, pixels a side
+    video_views: int = 120  # turntable frames (0: no video)
+    video_size: int = 512  # turntable frame size, pixels
     stages: dict[str, StageConfig] = field(default_factory=dict)
 
 
@@ -176,7 +181,12 @@ KEY_HELP = {
     "name": "run folder name (default <prompt-slug>-<time>)",
     "steps": "total step budget, split over the stages in the recipe's proportions",
     "guidance": "guidance for every stage (sds)",
-    "export": "export meshes and videos at the end (not yet available)",
+    "export": "end fit by exporting export/model.glb and export/turntable.mp4 (false: skip)",
+    "export_formats": "mesh formats written at the end of fit: comma list of glb, obj, ply",
+    "mesh_resolution": "marching-cubes grid of the exported mesh",
+    "texture_size": "baked texture size of the exported mesh, pixels a side",
+    "video_views": "turntable frames written at the end of fit (0: no video)",
+    "video_size": "turntable frame size, pixels",
 }
 
 
@@ -217,7 +227,7 @@ def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
         return ConfigError(f"unknown key '{full_key}' in {source}{_close(full_key, leaf_schema)}")
     if isinstance(exc, ValidationError):
         msg = str(exc).splitlines()[0]
-        m = re.search(r"could not be converted to (\w+)", msg)
+        m = re.search(r"could not be converted to (\w+)", msg) or re.search(r"is not a valid (\w+)", msg)
         expected = m.group(1).lower() if m else ("a value, not null" if "is not Optional" in msg else "the declared type")
         value = re.search(r"Value '(.*?)'", msg)
         got = f" got {value.group(1)!r}" if value else ""
@@ -235,6 +245,28 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
         key, value = arg.split("=", 1)
         out[key.strip()] = value
     return out
+
+
+def typed_values(kv: dict[str, str], defaults: dict[str, Any], command: str) -> dict[str, Any]:
+    """``key=value`` strings of a command other than fit -> values typed like ``defaults`` (a default of
+    None means an optional float). Unknown keys and bad values raise a one-line ConfigError."""
+    values = dict(defaults)
+    for key, raw in kv.items():
+        if key not in defaults:
+            hint = difflib.get_close_matches(key, list(defaults), n=1)
+            raise ConfigError(f"unknown key '{key}' for {command}" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+                              + f"; expected {', '.join(defaults)}")
+        kind = type(defaults[key]) if defaults[key] is not None else float
+        try:
+            if kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                values[key] = raw.lower() in ("true", "1", "yes")
+            else:
+                values[key] = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{key}: expected {kind.__name__}, got '{raw}'") from None
+    return values
 
 
 def _merge(base: DictConfig, updates: Any, source: str) -> DictConfig:
@@ -358,7 +390,15 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.stages:
         raise ConfigError(f"stages: recipe '{cfg.recipe}' defines no stages")
     if cfg.export:
-        raise ConfigError("export: exporting meshes and videos is not yet available (export issue); expected export=false")
+        formats = [f.strip() for f in cfg.export_formats.split(",") if f.strip()]
+        bad = [f for f in formats if f not in ("glb", "obj", "ply")]
+        if bad or not formats:
+            raise ConfigError(f"export_formats: expected a comma list of glb, obj, ply, got '{cfg.export_formats}'")
+        if cfg.mesh_resolution < 16 or cfg.texture_size < 16:
+            raise ConfigError(f"mesh_resolution / texture_size: expected at least 16, got {cfg.mesh_resolution} / "
+                              f"{cfg.texture_size}")
+        if cfg.video_views < 0 or cfg.video_size < 16:
+            raise ConfigError(f"video_views / video_size: expected >= 0 / >= 16, got {cfg.video_views} / {cfg.video_size}")
     seen: list[str] = []
     for name, st in cfg.stages.items():
         p = f"stages.{name}"
@@ -406,6 +446,12 @@ def validate(cfg: RunConfig) -> None:
 
 def to_yaml(cfg: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    """The stored config of a run folder as a RunConfig, without re-validating it (its prior may be elsewhere now)."""
+    stored = load_stored(Path(run_dir) / "config.yaml")
+    return OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), stored, "stored run config"))
 
 
 def load_stored(path: Path) -> DictConfig:

@@ -7,7 +7,9 @@ Run folder (stable names)::
         ckpts/<stage>/last.ckpt     Lightning checkpoint (trainable state + optimiser + step), atomic
         stages/<stage>/val/*.png    validation grids
         stages/<stage>/metrics.csv  per-step losses
-        summary.json                timings, losses, settings, status per stage
+        export/model.glb            the baked, textured mesh (+ model.obj/.mtl/.png, model.ply on request)
+        export/turntable.mp4        turntable of the exported mesh (``dream3d render`` makes more)
+        summary.json                timings, losses, settings, status per stage, export figures
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import platform
 import re
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -138,5 +141,23 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
     summary["wall_s"] = round(sum(s.get("wall_s", 0.0) for s in summary["stages"].values()), 2)
     summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
     write_json(run_dir / "summary.json", summary)
-    return summary
+    if cfg.export:
+        export_outputs(cfg, run_dir, log=print if show_progress else (lambda _: None))
+    return read_summary(run_dir)
+
+
+def export_outputs(cfg: RunConfig, run_dir: Path, log=print) -> None:
+    """The end of fit: ``export/model.glb`` (+ ``export_formats``) and the turntable MP4. A failure here (say,
+    nothing above the density threshold) is recorded in summary.json and printed; the trained run stays."""
+    from dream3d.export.run import ExportError, export_run, render_run
+
+    try:
+        export_run(run_dir, cfg.export_formats, resolution=cfg.mesh_resolution, texture_size=cfg.texture_size, log=log)
+        if cfg.video_views > 0:
+            render_run(run_dir, views=cfg.video_views, size=cfg.video_size, formats=("mp4",), log=log)
+    except ExportError as exc:
+        summary = read_summary(run_dir)
+        summary.setdefault("export", {})["error"] = str(exc)
+        write_json(run_dir / "summary.json", summary)
+        print(f"dream3d: export failed: {exc}; retry with: dream3d export {run_dir} threshold=<lower>", file=sys.stderr)
 

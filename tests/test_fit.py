@@ -24,6 +24,7 @@ SMALL = [
     "stages.coarse.camera.eval_size=32", "stages.coarse.val_every=10", "stages.coarse.ckpt_every=10",
     "stages.coarse.renderer.ambient_only_steps=5", "stages.coarse.representation.encoding.n_levels=8",
     "stages.coarse.representation.encoding.log2_hashmap_size=14",
+    "mesh_resolution=32", "texture_size=64", "video_views=4", "video_size=32",  # a quick export at the end
 ]
 
 
