@@ -227,3 +227,49 @@ def test_classifier_loss_goes_down():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation of a prior (scripts/evaluate_shapeworld_prior.py)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_prior_scores_every_caption_and_fills_the_model_card(smoke_run, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from dream3d.prior import load_prior
+    from dream3d.prior.shapeworld.classifier import load_classifier
+    from dream3d.prior.shapeworld.evaluate import evaluate_prior, markdown_tables, summary_json
+
+    cfg, _, _ = smoke_run
+    prior, clf = load_prior(cfg.out), load_classifier(cfg.train_dir.parent / "classifier")
+    captions = ["a red cube", "a snowman"]
+    result = evaluate_prior(prior, clf, n=3, steps=2, captions=captions, views=1, log=lambda _: None)
+    rows = result["rows"]
+    assert [r["caption"] for r in rows] == captions and result["first"].shape[0] == 2
+    for r in rows:
+        for key in ("recognised", "object", "colour"):  # fractions of the 3 samples
+            assert r[key] * 3 == pytest.approx(round(r[key] * 3)) and 0 <= r[key] <= 1
+        assert (r["confused_with"] == "") == (r["recognised"] == 1.0)
+    o = result["overall"]
+    assert o["samples"] == 6 and o["recognised"] == pytest.approx(sum(r["recognised"] for r in rows) / 2)
+    assert o["captions_below_90"] == [r["caption"] for r in rows if r["recognised"] < 0.9]
+    views = result["views"]  # the snowman has a front, the cube has not: 1 object x 4 views x 1 sample
+    assert views["objects"] == ["a snowman"] and sum(map(sum, views["confusion"])) == 4
+    tables = markdown_tables(result)
+    assert "| a red cube |" in tables and "| a snowman |" in tables and "prompted \\ seen" in tables
+    assert "first" not in summary_json(result, 0.5)
+
+    spec = importlib.util.spec_from_file_location("evaluate_script", Path("scripts/evaluate_shapeworld_prior.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    card = tmp_path / "README.md"
+    card.write_text(f"# card\nbefore\n{script.BEGIN}\nold table\n{script.END}\nafter\n")
+    assert script.update_card(card, tables)
+    text = card.read_text()
+    assert "old table" not in text and "| a snowman |" in text and text.endswith("after\n")
+    assert not script.update_card(tmp_path / "missing.md", tables)
+
+    with pytest.raises(ValueError, match="not catalogue captions"):
+        evaluate_prior(prior, clf, n=1, steps=1, captions=["a plaid cube"], log=lambda _: None)
