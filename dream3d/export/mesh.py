@@ -309,9 +309,38 @@ def _to_trimesh(mesh: TexturedMesh, colors_only: bool = False):
     return tm
 
 
+def _glb_matte_default_material(data: bytes, roughness: float, metallic: float) -> bytes:
+    """Give every primitive without a material a dielectric one. glTF's default material is fully metallic, so
+    a vertex-coloured mesh (trimesh writes COLOR_0 and no material) would look dark in viewers."""
+    import json
+    import struct
+
+    magic, version, _ = struct.unpack_from("<4sII", data, 0)
+    json_len, json_type = struct.unpack_from("<I4s", data, 12)
+    if magic != b"glTF" or json_type != b"JSON":
+        return data
+    doc = json.loads(data[20:20 + json_len])
+    primitives = [p for m in doc.get("meshes", []) for p in m.get("primitives", []) if "material" not in p]
+    if not primitives:
+        return data
+    doc.setdefault("materials", []).append({"name": "vertex_colours", "pbrMetallicRoughness": {
+        "baseColorFactor": [1.0, 1.0, 1.0, 1.0], "metallicFactor": metallic, "roughnessFactor": roughness}})
+    for p in primitives:
+        p["material"] = len(doc["materials"]) - 1
+    chunk = json.dumps(doc, separators=(",", ":")).encode()
+    chunk += b" " * (-len(chunk) % 4)
+    rest = data[20 + json_len:]
+    body = struct.pack("<I4s", len(chunk), b"JSON") + chunk + rest
+    return struct.pack("<4sII", b"glTF", version, 12 + len(body)) + body
+
+
 def write_glb(mesh: TexturedMesh, path: str | Path) -> Path:
-    """Binary glTF 2.0: PBR metallic-roughness material with the texture embedded as PNG (or COLOR_0)."""
+    """Binary glTF 2.0: PBR metallic-roughness material with the texture embedded as PNG, or COLOR_0 vertex
+    colours with a matte material (metallic 0, roughness 1 unless the mesh says otherwise)."""
     data = _to_trimesh(mesh).export(file_type="glb")
+    if not mesh.textured:
+        data = _glb_matte_default_material(data, float(1.0 if mesh.roughness is None else mesh.roughness),
+                                           float(0.0 if mesh.metallic is None else mesh.metallic))
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
@@ -414,6 +443,10 @@ def load_mesh(path: str | Path) -> TexturedMesh:
         texture, rough, metal = _material_texture(visual.material)
     elif getattr(visual, "kind", None) == "vertex":
         colors = torch.as_tensor(np.asarray(visual.vertex_colors)[:, :3], dtype=torch.float32) / 255.0
+    elif "color" in (getattr(visual, "vertex_attributes", None) or {}):  # COLOR_0 beside a material (GLB)
+        rgba = np.asarray(visual.vertex_attributes["color"], dtype=np.float64)
+        colors = torch.as_tensor(rgba[:, :3] / (255.0 if rgba.max() > 1.0 else 1.0), dtype=torch.float32)
+        _, rough, metal = _material_texture(visual.material)
     return TexturedMesh(verts, faces, uv=uv, texture=texture, vertex_colors=colors, roughness=rough, metallic=metal)
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -324,24 +322,8 @@ def format_catalogue(objects: Sequence[ShapeObject] | None = None) -> str:
 
 
 def export_glb(obj: ShapeObject, path: Union[str, Path]) -> Path:
-    """Write ``obj`` as a binary glTF with vertex colours (atomically: temp file, then rename). Returns the path."""
-    import numpy as np
-    import trimesh
+    """Write ``obj`` as a binary glTF with vertex colours and a matte material (atomically). Returns the path."""
+    from dream3d.export.mesh import write_glb
+    from dream3d.representations.mesh import TexturedMesh
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rgba = np.concatenate([obj.colors.numpy(), np.ones((obj.verts.shape[0], 1), dtype=np.float32)], axis=1)
-    mesh = trimesh.Trimesh(
-        vertices=obj.verts.numpy(), faces=obj.faces.numpy(),
-        vertex_colors=(np.clip(rgba, 0.0, 1.0) * 255).round().astype(np.uint8), process=False,
-    )
-    data = mesh.export(file_type="glb")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_glb(TexturedMesh(obj.verts, obj.faces, vertex_colors=obj.colors.clamp(0.0, 1.0)), path)
