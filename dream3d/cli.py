@@ -17,7 +17,6 @@ from dream3d import __version__
 
 NOT_YET = {
     "compare": "SDS-vs-VSD comparison reports (the VSD issue)",
-    "eval": "quality evaluation against the shape world (the evaluation issue)",
 }
 
 
@@ -80,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("run", help="run folder (outputs/<recipe>/<name>)")
     render.add_argument("args", nargs="*", metavar="key=value")
+    evaluate = sub.add_parser(
+        "eval", help="score a run's mesh against the shape world (classifier R-precision, IoU, Janus)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate <run>/export/model.glb (exported first if missing) for the run's prompt: the "
+        "evaluation classifier's\nR-precision, object and colour accuracy over turntable views, silhouette IoU and "
+        "colour error against the\ntrue catalogue object, and for objects with a front the view accuracy and the "
+        "multi-face (Janus) score.\nWrites <run>/eval.json.",
+        epilog="keys: views=16  elevation=15  size=64  classifier=<folder> (default: <prior>/classifier, else "
+        "assets/priors/shapeworld/classifier)",
+    )
+    evaluate.add_argument("run", help="run folder (outputs/<recipe>/<name>)")
+    evaluate.add_argument("args", nargs="*", metavar="key=value")
     for name, what in NOT_YET.items():
         p = sub.add_parser(name, help=f"{what}: not yet available")
         p.add_argument("args", nargs="*")
@@ -216,6 +227,22 @@ def cmd_export(args: argparse.Namespace, render: bool) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``dream3d eval <run> [views=16] [elevation=15] [size=64] [classifier=<folder>]``: table + eval.json."""
+    from dream3d.config import ConfigError, parse_overrides, typed_values
+    from dream3d.eval import EVAL_FILE, EvalError, evaluate_run, format_table
+
+    try:
+        v = typed_values(parse_overrides(args.args), {"views": 16, "elevation": 15.0, "size": 64, "classifier": ""},
+                         "eval")
+        result = evaluate_run(args.run, v["views"], v["classifier"] or None, v["elevation"], v["size"])
+    except (ConfigError, EvalError) as exc:
+        return _error(str(exc))
+    print(format_table(result))
+    print(f"wrote {Path(args.run) / EVAL_FILE} (classifier {result['classifier']}, {result['seconds']} s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -233,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_prior(args)
     if args.command in ("export", "render"):
         return cmd_export(args, args.command == "render")
+    if args.command == "eval":
+        return cmd_eval(args)
     return _error(f"'{args.command}' is not yet available: {NOT_YET[args.command]}")
 
 

@@ -1,0 +1,354 @@
+"""Quality of a generated mesh against the shape world: what ``dream3d eval <run folder>`` measures.
+
+The mesh and the prompt's true catalogue object are both normalised like the catalogue (centred on their
+bounding box, largest side :data:`~dream3d.prior.shapeworld.catalogue.OBJECT_EXTENT`) and rendered from the
+same turntable orbit (azimuth 0 = the canonical front, +Z), lit like the evaluation classifier's training
+images (:mod:`dream3d.prior.shapeworld.data`): white background, Lambert + ambient light from the camera.
+Framing, also as in training: a bounding sphere spans :data:`FILL` of the field of view :data:`FOVY` (the
+middles of the training ranges): the mesh's own sphere for the views the classifier sees, the larger of the
+two spheres for the silhouette comparison (same cameras for both meshes, both wholly in view). Figures:
+
+* ``r_precision``: R-precision as Dream Fields and DreamFusion define it (there with CLIP), R = 1: the fraction
+  of views whose top-1 retrieved caption among *all* catalogue captions is the prompt's. The retrieval score
+  is the classifier's entry probability (one class per catalogue caption), so a render must beat every
+  distractor caption, not just score high on its own;
+* ``object_accuracy`` / ``colour_accuracy``: the classifier's object kind / colour is the prompt's;
+* ``iou``: mean silhouette IoU (alpha > 0.5) against the true object; ``colour_error``: mean absolute albedo
+  difference (RGB in [0, 1], averaged over channels) on the pixels both silhouettes cover;
+* for objects with a front (``has_front``), from the classifier's *view head* (front / side / back /
+  overhead, trained on true renders labelled by camera azimuth):
+
+  - ``front_accuracy``: fraction of views whose classifier view equals the camera's label;
+  - ``janus``: the multi-face score. Among views whose camera is at the side or the back, the fraction the
+    classifier calls "front", i.e. where the render shows front features (a face, a nose, a door) where
+    there should be none. The true object scores 0. Seen from the side a face on the back hides, so a
+    perfect second face scores about the share of back views among these (3 of 9 with 16 views);
+  - ``front_azimuth``: where the classifier places the front, the circular mean of the view azimuths
+    weighted by P(front) - P(back) (back evidence points the opposite way); ``front_ok``: within 45 degrees
+    of the canonical front. A mesh turned by 180 degrees gets ~180 here, a low ``front_accuracy`` and a
+    high ``janus``.
+
+  The view head judges the render alone, so this works for any geometry; comparing with the true object's
+  front texture instead would need the mesh to be aligned with the truth first, which is what is being
+  tested. Views within :data:`VIEW_MARGIN` degrees of a label boundary (|azimuth| = 45 or 135, where front
+  and side, or side and back, legitimately look alike) are left out of both figures.
+
+A prompt outside the catalogue has no true object and no class: only the classifier's top caption per view
+and the silhouette coverage are reported, and the missing figures are listed in ``unavailable`` with the
+reason (as are the front figures of objects without a front, and the classifier figures without one).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dream3d.cameras import Cameras, turntable
+from dream3d.io import write_json
+from dream3d.representations.mesh import TexturedMesh
+
+FOVY = 55.0  # degrees: the middle of the classifier's training range (40..70)
+FILL = 0.875  # bounding sphere / field of view: the middle of the training range (0.75..1)
+AMBIENT = 0.35  # the middle of the training range (0.2..0.5)
+VIEW_MARGIN = 10.0  # degrees around the front/side and side/back boundaries left out of the view figures
+FRONT_THRESHOLD, OVERHEAD_THRESHOLD = 45.0, 60.0  # the camera view labels (CameraConfig defaults)
+FIGURES = ("r_precision", "object_accuracy", "colour_accuracy", "iou", "colour_error", "front_accuracy", "janus",
+           "front_azimuth")
+CLASSIFIER_FIGURES = ("r_precision", "object_accuracy", "colour_accuracy", "front_accuracy", "janus",
+                      "front_azimuth")
+EVAL_FILE = "eval.json"
+SHIPPED_CLASSIFIER = "assets/priors/shapeworld/classifier"
+
+
+class EvalError(ValueError):
+    """Bad run folder or evaluation input: the message is one line naming the file or key."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------------------------
+
+
+def match_prompt(prompt: str):
+    """(caption without a view suffix, catalogue object or None): exact, case-insensitive caption match."""
+    from dream3d.prior.shapeworld.catalogue import VIEW_SUFFIXES, catalogue
+
+    text = " ".join(prompt.split())
+    for suffix in VIEW_SUFFIXES.values():
+        if text.lower().endswith(", " + suffix):
+            text = text[: -len(suffix) - 2].rstrip()
+    for obj in catalogue():
+        if obj.caption.lower() == text.lower():
+            return obj.caption, obj
+    return text, None
+
+
+def normalise(mesh: TexturedMesh) -> TexturedMesh:
+    """The mesh centred on its bounding box, scaled so its largest side is the catalogue's OBJECT_EXTENT."""
+    from dream3d.prior.shapeworld.catalogue import OBJECT_EXTENT
+
+    if mesh.num_faces == 0:
+        raise EvalError("mesh has no faces: nothing to evaluate")
+    lo, hi = mesh.verts.amin(0), mesh.verts.amax(0)
+    side = float((hi - lo).max())
+    if not math.isfinite(side) or side <= 0:
+        raise EvalError(f"mesh has a degenerate bounding box (largest side {side})")
+    return dataclasses.replace(mesh, verts=(mesh.verts - 0.5 * (lo + hi)) * (OBJECT_EXTENT / side))
+
+
+def eval_cameras(views: int, elevation: float, size: int, radius: float) -> Cameras:
+    """Turntable from the front (azimuth 0) with a bounding sphere of ``radius`` spanning FILL of FOVY."""
+    distance = radius / (FILL * math.sin(math.radians(FOVY) / 2))
+    return turntable(views, elevation, distance, FOVY, size)
+
+
+def render_eval(mesh: TexturedMesh, cams: Cameras, ambient: float = AMBIENT) -> dict[str, Tensor]:
+    """Shaded renders on white like the classifier's training data -> rgb [B,H,W,3], alpha [B,H,W,1], albedo."""
+    from dream3d.render.raster import render_textured
+
+    with torch.no_grad():
+        out = render_textured(mesh, cams, ambient=1.0, background=0.0)  # antialiased, premultiplied albedo
+    lambert = (out["normal"] * F.normalize(cams.position, dim=-1).view(-1, 1, 1, 3)).sum(-1, keepdim=True)
+    rgb = out["rgb"] * (ambient + (1.0 - ambient) * lambert.clamp_min(0.0)) + (1.0 - out["alpha"])
+    return {"rgb": rgb.clamp(0.0, 1.0), "alpha": out["alpha"], "albedo": out["albedo"]}
+
+
+def _counted(azimuth: float, label: str) -> bool:
+    """Whether a view counts for the view figures: not overhead and not near a label boundary."""
+    a = abs((azimuth + 180.0) % 360.0 - 180.0)
+    near = min(abs(a - FRONT_THRESHOLD), abs(a - (180.0 - FRONT_THRESHOLD)))
+    return label != "overhead" and near >= VIEW_MARGIN
+
+
+def _r(x: Optional[float], digits: int = 4) -> Optional[float]:
+    return None if x is None else round(float(x), digits)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _compare(out: dict, truth: dict) -> tuple[list[float], list[Optional[float]], Optional[float]]:
+    """Per-view IoU and colour error, and the colour error over all pixels both cover."""
+    m, t = out["alpha"][..., 0] > 0.5, truth["alpha"][..., 0] > 0.5
+    inter, union = (m & t).flatten(1).sum(1), (m | t).flatten(1).sum(1)
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union, dtype=torch.float32))
+    diff = (out["albedo"] - truth["albedo"]).abs().mean(-1) * (m & t)
+    per_view = [float(d) / int(n) if int(n) else None for d, n in zip(diff.flatten(1).sum(1), inter)]
+    total = float(diff.sum()) / int(inter.sum()) if int(inter.sum()) else None
+    return iou.tolist(), per_view, total
+
+
+def _view_figures(rows: list[dict], probs: Tensor, views: list[str]) -> dict:
+    """front_accuracy, janus, front_azimuth, front_ok from the classifier's view probabilities [B,4]."""
+    counted = [r for r in rows if r["counted"]]
+    hits = [r["view"] == r["camera_view"] for r in counted]
+    away = [r["view"] == "front" for r in counted if r["camera_view"] in ("side", "back")]
+    signed = probs[:, views.index("front")] - probs[:, views.index("back")]
+    az = torch.deg2rad(torch.tensor([r["azimuth"] for r in rows]))
+    keep = torch.tensor([r["camera_view"] != "overhead" for r in rows])
+    x, y = float((signed * az.cos() * keep).sum()), float((signed * az.sin() * keep).sum())
+    front_az = math.degrees(math.atan2(y, x)) if math.hypot(x, y) > 1e-3 * max(int(keep.sum()), 1) else None
+    return {
+        "front_accuracy": sum(hits) / len(hits) if hits else None,
+        "janus": sum(away) / len(away) if away else None,
+        "front_azimuth": front_az,
+        "front_ok": front_az is not None and abs(front_az) <= FRONT_THRESHOLD,
+    }
+
+
+def evaluate_mesh(
+    mesh: TexturedMesh, prompt: str, classifier=None, views: int = 16, elevation: float = 15.0, size: int = 64,
+) -> dict:
+    """Score ``mesh`` for ``prompt`` (see the module docstring). ``classifier``: a loaded
+    :class:`~dream3d.prior.shapeworld.classifier.ShapeClassifier`, or None for the classifier-free figures.
+
+    Returns a JSON-ready dict: prompt, caption, in_catalogue, object, has_front, settings, the figures of
+    :data:`FIGURES` (None when unavailable), front_ok, coverage, top_caption, ``unavailable`` {figure: reason}
+    and ``per_view`` rows (azimuth, camera_view, classifier caption / object / colour / view, p_front, iou, ...).
+    """
+    if views < 1 or size < 16:
+        raise EvalError(f"views={views} size={size}: expected views >= 1 and size >= 16")
+    caption, obj = match_prompt(prompt)
+    mesh = normalise(mesh)
+    true_mesh = None if obj is None else TexturedMesh(obj.verts, obj.faces, vertex_colors=obj.colors)
+    radius = float(mesh.verts.norm(dim=-1).max())
+    cams = eval_cameras(views, elevation, size, radius)  # the classifier's framing of the mesh
+    labels = cams.view_labels(FRONT_THRESHOLD, OVERHEAD_THRESHOLD)
+    out = render_eval(mesh, cams)
+    coverage = out["alpha"][..., 0].flatten(1).mean(1)
+    rows = [{"azimuth": _r(a, 2), "camera_view": lab, "coverage": _r(c), "counted": _counted(a, lab)}
+            for a, lab, c in zip(cams.azimuth.tolist(), labels, coverage.tolist())]
+    figures: dict = dict.fromkeys(FIGURES)
+    front_ok = None
+    unavailable: dict[str, str] = {}
+
+    if true_mesh is None:
+        for k in ("iou", "colour_error"):
+            unavailable[k] = f"'{caption}' is not a catalogue caption: no true object to compare with"
+    else:
+        both = max(radius, float(true_mesh.verts.norm(dim=-1).max()))
+        cmp_cams = cams if both == radius else eval_cameras(views, elevation, size, both)
+        cmp = out if both == radius else render_eval(mesh, cmp_cams)
+        iou, errors, total = _compare(cmp, render_eval(true_mesh, cmp_cams))
+        figures["iou"], figures["colour_error"] = sum(iou) / len(iou), total
+        for row, i, e in zip(rows, iou, errors):
+            row.update(iou=_r(i), colour_error=_r(e))
+
+    top_caption = None
+    if classifier is None:
+        for k in CLASSIFIER_FIGURES:
+            unavailable[k] = "no classifier given"
+    else:
+        result = classifier.classify(out["rgb"])
+        classes = classifier.classes
+        for k, row in enumerate(rows):
+            row.update(caption=result["captions"][k], object=result["objects"][k], colour=result["colours"][k],
+                       view=result["views"][k], p_front=_r(result["view_probs"][k, classes["views"].index("front")]))
+        top_caption = Counter(result["captions"]).most_common(1)[0][0]
+        entry = next((e for e in classes["entries"] if e["caption"] == caption), None)
+        if entry is None:
+            why = (f"'{caption}' is not a catalogue caption" if obj is None
+                   else f"the classifier does not know '{caption}' (trained on another catalogue)")
+            for k in CLASSIFIER_FIGURES:
+                unavailable[k] = f"{why}: no class to compare with"
+        else:
+            n = len(rows)
+            figures["r_precision"] = sum(c == caption for c in result["captions"]) / n
+            figures["object_accuracy"] = sum(o == entry["kind"] for o in result["objects"]) / n
+            figures["colour_accuracy"] = sum(c == entry["colour"] for c in result["colours"]) / n
+            if entry["has_front"]:
+                front = _view_figures(rows, result["view_probs"], list(classes["views"]))
+                figures.update({k: front[k] for k in ("front_accuracy", "janus", "front_azimuth")})
+                front_ok = front["front_ok"]
+                for k in ("front_accuracy", "janus"):
+                    if front[k] is None:
+                        unavailable[k] = "no side, back or front view off the label boundaries (try elevation < 60)"
+                if front["front_azimuth"] is None:
+                    unavailable["front_azimuth"] = "the classifier sees no front or back in any view"
+            else:
+                for k in ("front_accuracy", "janus", "front_azimuth"):
+                    unavailable[k] = f"'{caption}' has no front (it looks alike from all sides)"
+
+    return {
+        "prompt": prompt, "caption": caption, "in_catalogue": obj is not None,
+        "object": None if obj is None else obj.name, "has_front": None if obj is None else obj.has_front,
+        "views": views, "elevation": float(elevation), "size": size, "fovy": FOVY,
+        "distance": _r(float(cams.distance[0])),
+        **{k: (_r(v, 2) if k == "front_azimuth" else _r(v)) for k, v in figures.items()},
+        "front_ok": front_ok,
+        "coverage": _r(float(coverage.mean())), "top_caption": top_caption,
+        "unavailable": unavailable, "per_view": rows,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Run folders
+# --------------------------------------------------------------------------------------------------------------
+
+
+def find_classifier(prior: str, classifier_dir: Optional[str | Path] = None) -> Path:
+    """The classifier folder: ``classifier_dir`` if given, else ``<prior>/classifier``, else the shipped one."""
+    from dream3d.config import PROJECT_ROOT
+
+    if classifier_dir:
+        folder = Path(classifier_dir).expanduser()
+        if not (folder / "config.json").is_file():
+            raise EvalError(f"classifier={classifier_dir}: no classifier there (expected config.json and "
+                            "model.safetensors)")
+        return folder
+    candidates = dict.fromkeys(p.resolve() for p in (Path(prior).expanduser() / "classifier",
+                                                     PROJECT_ROOT / prior / "classifier",
+                                                     PROJECT_ROOT / SHIPPED_CLASSIFIER))
+    for folder in candidates:
+        if (folder / "config.json").is_file():
+            return folder
+    raise EvalError(f"no evaluation classifier found (looked in {', '.join(map(str, candidates))}); "
+                    "pass classifier=<folder> or train one with scripts/train_shapeworld_prior.py")
+
+
+def evaluate_run(
+    run_dir: str | Path, views: int = 16, classifier_dir: Optional[str | Path] = None, elevation: float = 15.0,
+    size: int = 64,
+) -> dict:
+    """Evaluate a run's exported mesh (``export/model.glb``, exported first when missing) for its prompt and
+    write ``<run>/eval.json`` atomically. Returns the result (:func:`evaluate_mesh` plus run, mesh, classifier,
+    seconds)."""
+    from dream3d.config import ConfigError, load_run_config
+    from dream3d.export.mesh import load_mesh
+    from dream3d.prior.shapeworld.classifier import load_classifier
+
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EvalError(f"{run_dir}: not a folder (expected a dream3d run folder)")
+    if not (run_dir / "config.yaml").is_file():
+        raise EvalError(f"{run_dir / 'config.yaml'}: not found (expected a dream3d run folder from dream3d fit)")
+    try:
+        cfg = load_run_config(run_dir)
+    except ConfigError as exc:
+        raise EvalError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    if not cfg.prompt.strip():
+        raise EvalError(f"{run_dir / 'config.yaml'}: prompt is empty: nothing to evaluate against")
+    folder = find_classifier(cfg.prior, classifier_dir)
+    try:
+        classifier = load_classifier(folder)
+    except (FileNotFoundError, KeyError, RuntimeError) as exc:
+        raise EvalError(f"classifier {folder}: {str(exc).splitlines()[0]}") from None
+    glb = run_dir / "export" / "model.glb"
+    if not glb.is_file():
+        from dream3d.export.run import ExportError, export_run
+
+        try:
+            export_run(run_dir, ("glb",))
+        except ExportError as exc:
+            raise EvalError(f"{glb}: not found and cannot be exported ({exc})") from None
+    try:
+        mesh = load_mesh(glb)
+    except ValueError as exc:
+        raise EvalError(f"{glb}: {exc}") from None
+    result = evaluate_mesh(mesh, cfg.prompt, classifier, views, elevation, size)
+    result = {"run": str(run_dir), "mesh": str(glb.relative_to(run_dir)), "classifier": str(folder), **result,
+              "seconds": round(time.perf_counter() - start, 2)}
+    write_json(run_dir / EVAL_FILE, result)
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A readable summary of :func:`evaluate_mesh` / :func:`evaluate_run`'s result: figures, then views."""
+    what = (f"catalogue object {result['object']} ({'has a front' if result['has_front'] else 'no front'})"
+            if result["in_catalogue"] else "not in the catalogue")
+    lines = [f"eval of '{result['caption']}': {what}; {result['views']} views at elevation "
+             f"{result['elevation']:g}, {result['size']} px"]
+    notes = {"r_precision": "top-1 caption among all catalogue captions is the prompt's",
+             "iou": "silhouette IoU against the true object", "colour_error": "mean |albedo difference| where both cover",
+             "front_accuracy": "classifier view = camera view", "janus": "side/back views the classifier calls front",
+             "front_azimuth": "where the classifier sees the front (0 = right)"}
+    for key in FIGURES:
+        value = result.get(key)
+        if value is None:
+            lines.append(f"  {key:<16} n/a     {result['unavailable'].get(key, '')}")
+        else:
+            lines.append(f"  {key:<16} {value:<7.3f} {notes.get(key, '')}".rstrip())
+    lines.append(f"  {'coverage':<16} {result['coverage']:<7.3f} fraction of the frame the mesh covers")
+    if result.get("top_caption"):
+        lines.append(f"  {'top caption':<16} {result['top_caption']}")
+    lines.append(f"  {'azimuth':>8}  {'camera':<8} {'classifier caption':<22} {'view':<8} {'iou':>6} {'col.err':>7}")
+    marked = result.get("front_accuracy") is not None
+    for r in result["per_view"]:
+        num = {k: "-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("iou", "colour_error")}
+        camera = r["camera_view"] + ("~" if marked and not r["counted"] else "")
+        lines.append(f"  {r['azimuth']:>8.1f}  {camera:<8} {r.get('caption', '-'):<22} "
+                     f"{r.get('view', '-'):<8} {num['iou']:>6} {num['colour_error']:>7}")
+    if marked and not all(r["counted"] for r in result["per_view"]):
+        lines.append(f"  (~: within {VIEW_MARGIN:g} degrees of a view-label boundary, left out of the view figures)")
+    return "\n".join(lines)

@@ -1,0 +1,181 @@
+"""dream3d eval: scores of true, wrong and rotated shape-world meshes; scale normalisation; the command."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from dream3d import cli
+from dream3d.cameras import turntable
+from dream3d.config import PROJECT_ROOT, RunConfig, to_yaml
+from dream3d.eval import (
+    CLASSIFIER_FIGURES,
+    FIGURES,
+    SHIPPED_CLASSIFIER,
+    _view_figures,
+    evaluate_mesh,
+    match_prompt,
+)
+from dream3d.io import write_text
+from dream3d.prior.shapeworld import export_glb, get
+from dream3d.prior.shapeworld.classifier import ShapeClassifier, class_table, load_classifier, save_classifier
+from dream3d.representations.mesh import TexturedMesh
+
+# the trained evaluation classifier; DREAM3D_EVAL_CLASSIFIER points the acceptance tests at another folder
+CLASSIFIER = Path(os.environ.get("DREAM3D_EVAL_CLASSIFIER", PROJECT_ROOT / SHIPPED_CLASSIFIER))
+
+
+def true_mesh(name: str, turn: float = 0.0, scale: float = 1.0, shift=(0.0, 0.0, 0.0)) -> TexturedMesh:
+    """A catalogue object as a vertex-coloured mesh, turned by ``turn`` degrees about +Y, scaled, shifted."""
+    obj = get(name)
+    c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+    rot = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    verts = (obj.verts @ rot.T) * scale + torch.tensor(shift)
+    return TexturedMesh(verts, obj.faces, vertex_colors=obj.colors)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    if not (CLASSIFIER / "config.json").is_file():
+        pytest.skip("shipped classifier not found")
+    return load_classifier(CLASSIFIER)
+
+
+_SCORES: dict = {}
+
+
+def score(classifier, name: str, prompt: str = "", turn: float = 0.0) -> dict:
+    """evaluate_mesh of a catalogue object (16 views), computed once per module."""
+    key = (name, prompt, turn)
+    if key not in _SCORES:
+        _SCORES[key] = evaluate_mesh(true_mesh(name, turn), prompt or get(name).caption, classifier, views=16)
+    return _SCORES[key]
+
+
+@pytest.fixture(scope="module")
+def untrained_classifier_dir(tmp_path_factory):
+    """A real but untrained classifier (random weights): for the plumbing only."""
+    torch.manual_seed(0)
+    return save_classifier(ShapeClassifier([8, 16], 32, class_table()), tmp_path_factory.mktemp("classifier"))
+
+
+# ----------------------------------------------------------------------------------------- acceptance
+
+
+@pytest.mark.parametrize("name", ["snowman", "car", "red_cube"])
+def test_true_object_scores_full_marks(classifier, name):
+    obj = get(name)
+    r = score(classifier, name)
+    assert r["r_precision"] >= 0.95 and r["object_accuracy"] >= 0.95 and r["colour_accuracy"] >= 0.95, r
+    assert r["iou"] >= 0.95 and r["colour_error"] <= 0.02
+    if obj.has_front:
+        assert r["janus"] == 0.0 and r["front_ok"] and r["front_accuracy"] >= 0.8, r
+    else:
+        assert r["janus"] is None and "no front" in r["unavailable"]["janus"]
+
+
+def test_wrong_object_scores_low(classifier):
+    r = score(classifier, "blue_sphere", "a red cube")
+    assert r["r_precision"] <= 0.1 and r["object_accuracy"] <= 0.1 and r["colour_accuracy"] <= 0.1, r
+    assert r["iou"] < 0.85 and r["colour_error"] > 0.3
+    assert r["top_caption"] == "a blue sphere"
+
+
+@pytest.mark.parametrize("name", ["snowman", "house"])
+def test_turned_mesh_flags_the_front(classifier, name):
+    straight, turned = score(classifier, name), score(classifier, name, turn=180.0)
+    assert turned["r_precision"] >= 0.8  # still the right object ...
+    assert not turned["front_ok"] and abs(turned["front_azimuth"]) > 135.0, turned  # ... facing the wrong way
+    assert turned["janus"] >= 0.25 and turned["front_accuracy"] <= 0.6  # a perfect 180: 3/9 and 6/12
+    assert straight["front_ok"] and turned["front_accuracy"] < straight["front_accuracy"]
+
+
+# ----------------------------------------------------------------------------------------- mechanics
+
+
+def test_prompt_matching_strips_view_suffix():
+    caption, obj = match_prompt("A  Snowman, front view")
+    assert caption == "a snowman" and obj.name == "snowman"
+    assert match_prompt("a red cube, overhead view")[1].name == "red_cube"
+    caption, obj = match_prompt("a dragon, back view")
+    assert caption == "a dragon" and obj is None
+
+
+def test_scale_and_position_are_normalised():
+    r = evaluate_mesh(true_mesh("snowman", scale=2.0, shift=(0.3, -1.0, 0.2)), "a snowman", None, views=6)
+    assert r["iou"] > 0.99 and r["colour_error"] < 0.01
+    assert all(r[k] is None and r["unavailable"][k] == "no classifier given" for k in CLASSIFIER_FIGURES)
+    wrong = evaluate_mesh(true_mesh("blue_sphere", scale=0.3), "a red cube", None, views=6)
+    assert wrong["iou"] < 0.85 and wrong["colour_error"] > 0.4
+
+
+def test_view_figures_follow_the_classifier_views():
+    """Janus / front figures from given view probabilities: right views, then every view turned by 180 deg."""
+    cams = turntable(16, 15.0)
+    labels = cams.view_labels()
+    views = list(class_table()["views"])
+    rows = [{"azimuth": a, "camera_view": lab, "counted": abs(abs(a) - 45) >= 10 and abs(abs(a) - 135) >= 10}
+            for a, lab in zip(cams.azimuth.tolist(), labels)]
+    right = torch.nn.functional.one_hot(torch.tensor([views.index(v) for v in labels]), 4).float()
+    for row, lab in zip(rows, labels):
+        row["view"] = lab
+    good = _view_figures(rows, right, views)
+    assert good["front_accuracy"] == 1.0 and good["janus"] == 0.0 and good["front_ok"]
+    assert abs(good["front_azimuth"]) < 1.0
+    swap = {"front": "back", "back": "front", "side": "side", "overhead": "overhead"}
+    for row, lab in zip(rows, labels):
+        row["view"] = swap[lab]
+    turned = torch.nn.functional.one_hot(torch.tensor([views.index(swap[v]) for v in labels]), 4).float()
+    bad = _view_figures(rows, turned, views)
+    # counted: 3 front, 6 side, 3 back views; the back ones now say front, the front ones back
+    assert bad["janus"] == pytest.approx(3 / 9) and bad["front_accuracy"] == 0.5 and not bad["front_ok"]
+    assert abs(bad["front_azimuth"]) > 179.0
+
+
+def test_outside_the_catalogue_reports_what_it_can(untrained_classifier_dir):
+    r = evaluate_mesh(true_mesh("car"), "a dragon, side view", load_classifier(untrained_classifier_dir), views=4)
+    assert not r["in_catalogue"] and r["caption"] == "a dragon"
+    assert all(r[k] is None for k in FIGURES) and set(r["unavailable"]) == set(FIGURES)
+    assert r["coverage"] > 0.05 and r["top_caption"] and all(row["caption"] for row in r["per_view"])
+
+
+def make_run(folder: Path, prompt: str, prior: str = "assets/priors/shapeworld", mesh: str = "snowman") -> Path:
+    write_text(folder / "config.yaml", to_yaml(RunConfig(prompt=prompt, prior=prior)))
+    export_glb(get(mesh), folder / "export" / "model.glb")
+    return folder
+
+
+def test_eval_command_writes_eval_json(tmp_path, capsys, untrained_classifier_dir):
+    prior = tmp_path / "prior"  # the run's prior folder holds the classifier: found without classifier=
+    save_classifier(load_classifier(untrained_classifier_dir), prior / "classifier")
+    run = make_run(tmp_path / "run", "a snowman", str(prior))
+    assert cli.main(["eval", str(run), "views=4"]) == 0
+    out = capsys.readouterr().out
+    assert "r_precision" in out and "janus" in out and "eval.json" in out
+    data = json.loads((run / "eval.json").read_text())
+    assert data["object"] == "snowman" and data["views"] == 4 and len(data["per_view"]) == 4
+    assert data["iou"] >= 0.95 and data["colour_error"] < 0.02  # the GLB round trip keeps the vertex colours
+    assert Path(data["classifier"]) == (prior / "classifier").resolve()
+    assert not list(run.glob(".*tmp*"))  # written atomically
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "config.yaml"),
+    (["vews=4"], "views"),
+    (["views=many"], "views"),
+    (["classifier=/nonexistent/folder"], "classifier=/nonexistent/folder"),
+])
+def test_eval_command_errors_in_one_line(tmp_path, capsys, args, needle):
+    run = tmp_path / "run"
+    run.mkdir()
+    if args:
+        make_run(run, "a red cube", str(tmp_path / "no-prior"))
+    assert cli.main(["eval", str(run), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    assert not (run / "eval.json").exists()
