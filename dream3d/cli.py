@@ -35,6 +35,15 @@ def _fit_epilog() -> str:
     return "\n".join(lines)
 
 
+def run_folder_command(sub, name: str, help: str, description: str, epilog: str) -> argparse.ArgumentParser:
+    """A subcommand that works on a run folder: ``dream3d <name> <run> [key=value ...]``."""
+    parser = sub.add_parser(name, help=help, description=description, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", help="run folder (outputs/<recipe>/<name>)")
+    parser.add_argument("args", nargs="*", metavar="key=value")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dream3d", description="Text-to-3D by score distillation, on CPU or GPU.",
@@ -59,38 +68,29 @@ def build_parser() -> argparse.ArgumentParser:
     prior.add_argument("action", choices=["world", "sample"], help="world: list or export objects; sample: image grid")
     prior.add_argument("args", nargs="*", metavar="key=value")
     prior.add_argument("--list", action="store_true", help="print the catalogue")
-    export = sub.add_parser(
-        "export", help="bake a run's result into a textured mesh (GLB, OBJ/MTL/PNG, PLY)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Bake the last trained stage of a run into <run>/export/model.<format>.",
-        epilog="keys: format=glb[,obj,ply]  threshold=<density, default automatic>  resolution=128  "
-        "texture_size=1024\n      max_faces=<decimate to at most this many faces>  stage=<stage name>\n"
+    run_folder_command(
+        sub, "export", "bake a run's result into a textured mesh (GLB, OBJ/MTL/PNG, PLY)",
+        "Bake the last trained stage of a run into <run>/export/model.<format>.",
+        "keys: format=glb[,obj,ply]  threshold=<density, default automatic>  resolution=128  texture_size=1024\n"
+        "      max_faces=<decimate to at most this many faces>  stage=<stage name>\n"
         "meshes are Y-up with the object's front facing +Z.",
     )
-    export.add_argument("run", help="run folder (outputs/<recipe>/<name>)")
-    export.add_argument("args", nargs="*", metavar="key=value")
-    render = sub.add_parser(
-        "render", help="turntable video of a run's exported mesh (MP4 + GIF)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Render <run>/export/model.glb (exported first if missing) on a turntable: "
+    run_folder_command(
+        sub, "render", "turntable video of a run's exported mesh (MP4 + GIF)",
+        "Render <run>/export/model.glb (exported first if missing) on a turntable: "
         "<run>/export/turntable[-<mode>].mp4 and .gif.",
-        epilog="keys: views=120  fps=30  elevation=15  size=512  mode=rgb|normal|depth|all|volume  format=mp4,gif\n"
+        "keys: views=120  fps=30  elevation=15  size=512  mode=rgb|normal|depth|all|volume  format=mp4,gif\n"
         "      stage=<stage name> (mode=volume renders the NeRF itself instead of the mesh)",
     )
-    render.add_argument("run", help="run folder (outputs/<recipe>/<name>)")
-    render.add_argument("args", nargs="*", metavar="key=value")
-    evaluate = sub.add_parser(
-        "eval", help="score a run's mesh against the shape world (classifier R-precision, IoU, Janus)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate <run>/export/model.glb (exported first if missing) for the run's prompt: the "
-        "evaluation classifier's\nR-precision, object and colour accuracy over turntable views, silhouette IoU and "
-        "colour error against the\ntrue catalogue object, and for objects with a front the view accuracy and the "
+    run_folder_command(
+        sub, "eval", "score a run's mesh against the shape world (classifier R-precision, IoU, Janus)",
+        "Evaluate <run>/export/model.glb (exported first if missing) for the run's prompt: the evaluation "
+        "classifier's\nR-precision, object and colour accuracy over turntable views, silhouette IoU and colour "
+        "error against the\ntrue catalogue object, and for objects with a front the view accuracy and the "
         "multi-face (Janus) score.\nWrites <run>/eval.json.",
-        epilog="keys: views=16  elevation=15  size=64  classifier=<folder> (default: <prior>/classifier, else "
+        "keys: views=16  elevation=15  size=64  classifier=<folder> (default: <prior>/classifier, else "
         "assets/priors/shapeworld/classifier)",
     )
-    evaluate.add_argument("run", help="run folder (outputs/<recipe>/<name>)")
-    evaluate.add_argument("args", nargs="*", metavar="key=value")
     for name, what in NOT_YET.items():
         p = sub.add_parser(name, help=f"{what}: not yet available")
         p.add_argument("args", nargs="*")
