@@ -390,10 +390,12 @@ def validate(cfg: RunConfig) -> None:
     if not cfg.stages:
         raise ConfigError(f"stages: recipe '{cfg.recipe}' defines no stages")
     if cfg.export:
+        from dream3d.export.mesh import FORMATS
+
         formats = [f.strip() for f in cfg.export_formats.split(",") if f.strip()]
-        bad = [f for f in formats if f not in ("glb", "obj", "ply")]
-        if bad or not formats:
-            raise ConfigError(f"export_formats: expected a comma list of glb, obj, ply, got '{cfg.export_formats}'")
+        if not formats or any(f not in FORMATS for f in formats):
+            raise ConfigError(f"export_formats: expected a comma list of {', '.join(FORMATS)}, "
+                              f"got '{cfg.export_formats}'")
         if cfg.mesh_resolution < 16 or cfg.texture_size < 16:
             raise ConfigError(f"mesh_resolution / texture_size: expected at least 16, got {cfg.mesh_resolution} / "
                               f"{cfg.texture_size}")

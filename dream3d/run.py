@@ -149,15 +149,13 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
 def export_outputs(cfg: RunConfig, run_dir: Path, log=print) -> None:
     """The end of fit: ``export/model.glb`` (+ ``export_formats``) and the turntable MP4. A failure here (say,
     nothing above the density threshold) is recorded in summary.json and printed; the trained run stays."""
-    from dream3d.export.run import ExportError, export_run, render_run
+    from dream3d.export.run import ExportError, export_run, record_export, render_run
 
     try:
         export_run(run_dir, cfg.export_formats, resolution=cfg.mesh_resolution, texture_size=cfg.texture_size, log=log)
         if cfg.video_views > 0:
             render_run(run_dir, views=cfg.video_views, size=cfg.video_size, formats=("mp4",), log=log)
     except ExportError as exc:
-        summary = read_summary(run_dir)
-        summary.setdefault("export", {})["error"] = str(exc)
-        write_json(run_dir / "summary.json", summary)
+        record_export(run_dir, error=str(exc))
         print(f"dream3d: export failed: {exc}; retry with: dream3d export {run_dir} threshold=<lower>", file=sys.stderr)
 

@@ -23,7 +23,6 @@ from torch import nn
 from dream3d.io import write_json
 
 EXPORT_DIR = "export"
-MESH_FORMATS = ("glb", "obj", "ply")
 RENDER_MODES = ("rgb", "normal", "depth", "all", "volume")
 
 
@@ -81,13 +80,13 @@ def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
     return LoadedStage(name, st, nerf.eval(), background.eval(), renderer.eval())
 
 
-def _record(run_dir: Path, **values) -> None:
-    import json
+def record_export(run_dir: Path, **values) -> None:
+    """Merge ``values`` into summary.json's ``"export"`` entry (atomically)."""
+    from dream3d.run import read_summary
 
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary = read_summary(run_dir)
     summary.setdefault("export", {}).update(values)
-    write_json(path, summary)
+    write_json(run_dir / "summary.json", summary)
 
 
 def parse_formats(formats: str | Sequence[str], known: Sequence[str], key: str = "format") -> list[str]:
@@ -106,10 +105,10 @@ def export_run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Bake the run's final representation into a textured mesh and write it as ``export/model.<format>``."""
-    from dream3d.export.mesh import bake_mesh, export_mesh
+    from dream3d.export.mesh import FORMATS, bake_mesh, export_mesh
 
     run_dir = Path(run_dir)
-    formats = parse_formats(formats, MESH_FORMATS)
+    formats = parse_formats(formats, FORMATS)
     if resolution < 16 or texture_size < 16:
         raise ExportError(f"resolution={resolution} texture_size={texture_size}: expected at least 16 each")
     loaded = load_stage(run_dir, stage)
@@ -125,7 +124,7 @@ def export_run(
     seconds = time.perf_counter() - t0
     log(f"exported stage '{loaded.name}': {mesh.num_verts} vertices, {mesh.num_faces} faces, texture "
         f"{texture_size}px in {seconds:.1f} s -> {', '.join(str(p) for p in paths.values())}")
-    _record(run_dir, stage=loaded.name, vertices=mesh.num_verts, faces=mesh.num_faces, texture_size=texture_size,
+    record_export(run_dir, stage=loaded.name, vertices=mesh.num_verts, faces=mesh.num_faces, texture_size=texture_size,
             mesh_seconds=round(seconds, 2), files={k: str(Path(v).relative_to(run_dir)) for k, v in paths.items()})
     return paths
 
@@ -145,8 +144,7 @@ def render_run(
         render_turntable,
         turntable_cameras,
         volume_frames,
-        write_gif,
-        write_video,
+        write_turntable,
     )
 
     run_dir = Path(run_dir)
@@ -167,10 +165,7 @@ def render_run(
 
         with torch.no_grad():
             frames = volume_frames(render_fn, cams, chunk=max(1, 16384 // (size * size)) if size < 128 else 1)
-        paths = {}
-        for fmt in formats:
-            target = stem.with_name(f"{stem.name}.{fmt}")
-            paths[fmt] = write_video(frames, target, fps) if fmt == "mp4" else write_gif(frames, target, fps, 256)
+        paths = write_turntable(frames, stem, fps, formats)
     else:
         glb = run_dir / EXPORT_DIR / "model.glb"
         if not glb.is_file():
@@ -179,6 +174,6 @@ def render_run(
     seconds = time.perf_counter() - t0
     log(f"rendered {views} views at {size}px ({mode}) in {seconds:.1f} s -> "
         f"{', '.join(str(p) for p in paths.values())}")
-    _record(run_dir, **{f"turntable_{mode}": {"views": views, "size": size, "fps": fps, "seconds": round(seconds, 2),
+    record_export(run_dir, **{f"turntable_{mode}": {"views": views, "size": size, "fps": fps, "seconds": round(seconds, 2),
                                                 "files": {k: str(Path(v).relative_to(run_dir)) for k, v in paths.items()}}})
     return paths

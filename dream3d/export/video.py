@@ -44,6 +44,12 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"unknown turntable mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
+def _check_formats(formats: Sequence[str]) -> None:
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"unknown turntable format(s) {unknown or list(formats)}; choose from {', '.join(FORMATS)}")
+
+
 def _chunks(n: int, size: int, chunk: Optional[int]) -> Iterable[slice]:
     step = chunk if chunk else max(1, _CHUNK_PIXELS // (size * size))
     for start in range(0, n, step):
@@ -224,10 +230,16 @@ def render_turntable(
     The GIF is downscaled so its longer side is at most ``gif_max_size`` (None: full size).
     """
     _check_mode(mode)
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ValueError(f"unknown turntable format(s) {unknown or list(formats)}; choose from {', '.join(FORMATS)}")
+    _check_formats(formats)
     frames = turntable_frames(mesh, views=views, elevation=elevation, size=size, mode=mode, **kwargs)
+    return write_turntable(frames, out_stem, fps, formats, gif_max_size)
+
+
+def write_turntable(frames, out_stem: Union[str, Path], fps: float = 30, formats: Sequence[str] = FORMATS,
+                    gif_max_size: Optional[int] = 256) -> dict[str, Path]:
+    """Write frames as ``<out_stem>.mp4`` / ``<out_stem>.gif`` -> {format: path}; the GIF downscaled so its
+    longer side is at most ``gif_max_size`` (None: full size)."""
+    _check_formats(formats)
     stem = Path(out_stem)
     paths: dict[str, Path] = {}
     for fmt in dict.fromkeys(formats):
