@@ -44,6 +44,17 @@ class Cameras:
             self.distance.to(device), self.light_position.to(device), self.height, self.width,
         )
 
+    @staticmethod
+    def cat(batches: list["Cameras"]) -> "Cameras":
+        """One batch of all the cameras of ``batches`` (same image size), in order."""
+        if len({(c.height, c.width) for c in batches}) != 1:
+            raise ValueError("Cameras.cat: every batch must render the same image size")
+        if len(batches) == 1:
+            return batches[0]
+        return Cameras(*(torch.cat([getattr(c, f) for c in batches]) for f in
+                         ("c2w", "fovy", "elevation", "azimuth", "distance", "light_position")),
+                       batches[0].height, batches[0].width)
+
     def focal(self) -> Tensor:  # [B] in pixels
         return 0.5 * self.height / torch.tan(torch.deg2rad(self.fovy) / 2)
 

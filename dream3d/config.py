@@ -98,6 +98,12 @@ class GuidanceConfig:
     t_max: Any = 0.98
     weighting: str = "sds"  # sds: w = 1 - alphā_t | uniform: w = 1 | fantasia: w = sqrt(alphā_t)(1 - alphā_t)
     grad_clip: Any = None  # clip the per-element SDS gradient to [-c, c]; number, schedule or null
+    # VSD only (guidance/vsd.py): the LoRA model of the particles' render distribution
+    lora_rank: int = 4  # rank of the adapters on the UNet's attention projections
+    lora_alpha: Optional[float] = None  # LoRA scale alpha / rank; null: alpha = rank
+    lora_lr: float = 1e-4
+    camera_dropout: float = 0.1  # probability of training the LoRA model without the camera
+    camera_hidden: int = 128  # hidden width of the camera embedding MLP
 
 
 @dataclass
@@ -154,6 +160,7 @@ class RunConfig:
     name: Optional[str] = None  # run folder name; default <prompt-slug>-<time>
     steps: Optional[int] = None  # total step budget, split over the stages in the recipe's proportions
     guidance: Optional[str] = None  # shorthand: sets every stage's guidance.name
+    particles: int = 1  # independent 3D results optimised together (VSD: against one shared LoRA model)
     export: bool = True  # end fit with export/model.glb (+ export_formats) and the turntable video
     export_formats: str = "glb"  # comma list of glb, obj, ply
     mesh_resolution: int = 128  # marching-cubes grid of the export
@@ -180,7 +187,8 @@ KEY_HELP = {
     "output_dir": "where run folders go: <output_dir>/<recipe>/<name>",
     "name": "run folder name (default <prompt-slug>-<time>)",
     "steps": "total step budget, split over the stages in the recipe's proportions",
-    "guidance": "guidance for every stage (sds)",
+    "guidance": "guidance for every stage: sds | vsd (VSD uses guidance_scale 7.5 unless the stage sets it)",
+    "particles": "how many 3D results to optimise together (VSD shares one LoRA model among them)",
     "export": "end fit by exporting export/model.glb and export/turntable.mp4 (false: skip)",
     "export_formats": "mesh formats written at the end of fit: comma list of glb, obj, ply",
     "mesh_resolution": "marching-cubes grid of the exported mesh",
@@ -315,15 +323,22 @@ def load_config(args: list[str] | dict[str, str], base: Optional[DictConfig] = N
         raise ConfigError(f"overrides: {str(exc).splitlines()[0]}") from None
     cfg = _merge(cfg, dotcfg, "command line")
     run: RunConfig = OmegaConf.to_object(cfg)
-    _apply_shorthands(run)
+    _apply_shorthands(run, overrides)
     validate(run)
     return run
 
 
-def _apply_shorthands(cfg: RunConfig) -> None:
+# the guidance scale each method's paper uses; ``guidance=<name>`` on the command line sets it too
+PAPER_GUIDANCE_SCALE = {"sds": 100.0, "vsd": 7.5}
+
+
+def _apply_shorthands(cfg: RunConfig, overrides: dict[str, str]) -> None:
     if cfg.guidance is not None:
-        for stage in cfg.stages.values():
+        for name, stage in cfg.stages.items():
             stage.guidance.name = cfg.guidance
+            explicit = f"stages.{name}.guidance.guidance_scale" in overrides
+            if "guidance" in overrides and not explicit and cfg.guidance in PAPER_GUIDANCE_SCALE:
+                stage.guidance.guidance_scale = PAPER_GUIDANCE_SCALE[cfg.guidance]
     if cfg.steps is not None and cfg.steps > 0 and cfg.stages:
         total = sum(s.steps for s in cfg.stages.values()) or 1
         names = list(cfg.stages)
@@ -378,6 +393,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError('prompt: expected a non-empty text, e.g. prompt="a pineapple"')
     if cfg.steps is not None and cfg.steps <= 0:
         raise ConfigError(f"steps: expected a positive integer, got {cfg.steps}")
+    if not 1 <= cfg.particles <= 64:
+        raise ConfigError(f"particles: expected an integer from 1 to 64, got {cfg.particles}")
     _choice("device", cfg.device, ["auto", "cpu", "cuda"])
     if cfg.device == "cuda":
         import torch
@@ -441,6 +458,10 @@ def validate(cfg: RunConfig) -> None:
         _check_schedule(f"{p}.guidance.t_min", g.t_min)
         _check_schedule(f"{p}.guidance.t_max", g.t_max)
         _check_schedule(f"{p}.guidance.grad_clip", g.grad_clip, allow_none=True)
+        if g.lora_rank < 1 or g.lora_lr <= 0 or g.camera_hidden < 1 or not 0 <= g.camera_dropout < 1:
+            raise ConfigError(f"{p}.guidance: expected lora_rank >= 1, lora_lr > 0, camera_hidden >= 1 and "
+                              f"0 <= camera_dropout < 1, got {g.lora_rank}, {g.lora_lr}, {g.camera_hidden}, "
+                              f"{g.camera_dropout}")
         for f in dataclasses.fields(LossConfig):
             _check_schedule(f"{p}.loss.{f.name}", getattr(st.loss, f.name))
     cfg.prior = resolve_prior_path(cfg.prior)

@@ -15,7 +15,7 @@ T = TypeVar("T")
 
 # name -> "module:attribute"; kept as strings so config validation needs no heavy imports
 SYSTEMS: dict[str, str] = {"nerf-sds": "dream3d.systems.nerf:NeRFSystem"}
-GUIDANCES: dict[str, str] = {"sds": "dream3d.guidance.sds:SDSGuidance"}
+GUIDANCES: dict[str, str] = {"sds": "dream3d.guidance.sds:SDSGuidance", "vsd": "dream3d.guidance.vsd:VSDGuidance"}
 
 
 def resolve(table: dict[str, str], name: str, kind: str) -> Callable:

@@ -59,8 +59,11 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool = False) -> dict:
-    """Run (or continue) every stage of ``cfg`` in ``run_dir``. Returns the summary dict."""
+def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool = False, prior=None) -> dict:
+    """Run (or continue) every stage of ``cfg`` in ``run_dir``. Returns the summary dict.
+
+    ``prior``: an already loaded :class:`dream3d.prior.Prior` of ``cfg.prior`` (``dream3d compare`` loads it once
+    for both of its runs); loaded here when None. It is only read, never changed."""
     import pytorch_lightning as pl
 
     from dream3d.prior import load_prior
@@ -80,7 +83,7 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
 
     t0 = time.perf_counter()
     try:
-        prior = load_prior(cfg.prior, device, cfg.prior_dtype)
+        prior = load_prior(cfg.prior, device, cfg.prior_dtype) if prior is None else prior
     except Exception as exc:
         summary.update(status="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         write_json(run_dir / "summary.json", summary)

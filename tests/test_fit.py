@@ -74,7 +74,7 @@ def test_latent_prior_fit_end_to_end(latent_run):
     for r in rows:
         assert math.isfinite(float(r["loss"])) and math.isfinite(float(r["grad_norm"])) and float(r["grad_norm"]) > 0
     state = nerf_state(run)
-    assert any(k.startswith("nerf.encoding") for k in state)
+    assert any(k.startswith("particles.0.nerf.encoding") for k in state)
     assert not any("unet" in k or "text_encoder" in k or "vae" in k for k in state)  # frozen prior stays out
     grids = sorted((run / "stages" / "coarse" / "val").glob("*.png"))
     assert [g.name for g in grids] == ["step000010.png", "step000020.png"]
@@ -94,9 +94,9 @@ def test_fit_changes_the_nerf(latent_run, latent_prior_dir, tmp_path):
     pl.seed_everything(0, verbose=False)
     init = NeRFSystem(cfg, "coarse", cfg.stages["coarse"], prior=None).state_dict()
     trained = nerf_state(latent_run)
-    moved = (trained["nerf.encoding.tables.0"] if "nerf.encoding.tables.0" in trained else
-             next(v for k, v in trained.items() if k.startswith("nerf.encoding")))
-    key = next(k for k in trained if k.startswith("nerf.network"))
+    moved = (trained["particles.0.nerf.encoding.tables.0"] if "particles.0.nerf.encoding.tables.0" in trained else
+             next(v for k, v in trained.items() if k.startswith("particles.0.nerf.encoding")))
+    key = next(k for k in trained if k.startswith("particles.0.nerf.network"))
     assert not torch.equal(init[key], trained[key])
     assert torch.isfinite(moved).all()
 
@@ -177,8 +177,9 @@ def test_stage_initialised_from_previous_stage(latent_prior_dir, tmp_path):
     assert [summary["stages"][s]["status"] for s in ("coarse", "fine")] == ["done", "done"]
     coarse = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     fine = torch.load(run / "ckpts" / "fine" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    assert any(k.startswith("particles.0.nerf.") for k in coarse)
     for k, v in coarse.items():
-        if k.startswith("nerf."):
+        if k.startswith("particles.0.nerf."):
             assert torch.equal(v, fine[k]), k  # lr 0 in the fine stage: exactly the coarse result
 
 

@@ -12,6 +12,7 @@ Every file is written atomically, and the figures land in ``summary.json`` under
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +35,16 @@ class ExportError(ValueError):
 class LoadedStage:
     name: str
     cfg: object  # the stage's StageConfig (omegaconf)
-    nerf: nn.Module
-    background: nn.Module
-    renderer: nn.Module
+    particles: list[nn.Module]  # dream3d.systems.nerf.Particle: nerf, background, renderer
+
+    @property
+    def nerf(self) -> nn.Module:  # particle 0
+        return self.particles[0].nerf
+
+
+def particle_dir(run_dir: Path, k: int) -> Path:
+    """Where particle ``k``'s files go: ``export/`` for particle 0 (the run's result), else ``export/particle<k>/``."""
+    return Path(run_dir) / EXPORT_DIR / ("" if k == 0 else f"particle{k}")
 
 
 def _last_stage_with_checkpoint(run_dir: Path, stages: Sequence[str]) -> str:
@@ -49,9 +57,7 @@ def _last_stage_with_checkpoint(run_dir: Path, stages: Sequence[str]) -> str:
 def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
     """The representation of ``stage`` (default: the last stage that has a checkpoint), on the CPU, eval mode."""
     from dream3d.config import ConfigError, load_run_config
-    from dream3d.render.background import Background
-    from dream3d.render.volume import VolumeRenderer
-    from dream3d.representations.nerf import NeRF
+    from dream3d.systems.nerf import Particle
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -69,15 +75,37 @@ def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
     st = cfg.stages[name]
     if not st.system.startswith("nerf"):
         raise ExportError(f"stage '{name}': exporting system '{st.system}' is not supported yet")
-    nerf = NeRF(st.representation)
-    r = st.renderer
-    background = Background(r.background if r.background != "random" else "solid", tuple(r.background_color))
-    renderer = VolumeRenderer(r, st.representation.radius)
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    for prefix, module in (("nerf.", nerf), ("background.", background), ("renderer.", renderer)):
-        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        module.load_state_dict(part, strict=prefix == "nerf.")
-    return LoadedStage(name, st, nerf.eval(), background.eval(), renderer.eval())
+    if not any(k.startswith("particles.") for k in state):  # a run from before particles: one, unprefixed
+        state = {f"particles.0.{k}": v for k, v in state.items()}
+    particles = []
+    for k in range(max(1, cfg.particles)):
+        prefix = f"particles.{k}."
+        part = {key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)}
+        particle = Particle(st)
+        missing = [m for m in particle.load_state_dict(part, strict=False).missing_keys if m.startswith("nerf.")]
+        if missing:
+            raise ExportError(f"{ckpt}: particle {k} has no {missing[0]} (expected a checkpoint of this run's config)")
+        particles.append(particle.eval())
+    return LoadedStage(name, st, particles)
+
+
+def particle_dirs(run_dir: str | Path) -> list[Path]:
+    """The particles' export folders in order: ``export/`` (particle 0), then ``export/particle<k>/`` by k."""
+    export = Path(run_dir) / EXPORT_DIR
+    numbered = [(int(m.group(1)), p) for p in export.glob("particle*")
+                if p.is_dir() and (m := re.fullmatch(r"particle(\d+)", p.name))]
+    return [export] + [p for _, p in sorted(numbered)]
+
+
+def particle_meshes(run_dir: str | Path) -> list[Path]:
+    """The particle meshes of a run that exist: ``export/model.glb``, ``export/particle1/model.glb``, ..."""
+    return [p for p in (d / "model.glb" for d in particle_dirs(run_dir)) if p.is_file()]
+
+
+def particle_videos(run_dir: str | Path) -> list[Path]:
+    """The particle turntables of a run that exist: ``export/turntable.mp4``, ``export/particle1/turntable.mp4``, ..."""
+    return [p for p in (d / "turntable.mp4" for d in particle_dirs(run_dir)) if p.is_file()]
 
 
 def record_export(run_dir: Path, **values) -> None:
@@ -112,21 +140,28 @@ def export_run(
     if resolution < 16 or texture_size < 16:
         raise ExportError(f"resolution={resolution} texture_size={texture_size}: expected at least 16 each")
     loaded = load_stage(run_dir, stage)
-    nerf = loaded.nerf
     t0 = time.perf_counter()
-    with torch.no_grad():
-        try:
-            mesh = bake_mesh(nerf.density, lambda x: nerf(x)["albedo"], nerf.radius, resolution, threshold,
-                             texture_size, max_faces)
-        except ValueError as exc:
-            raise ExportError(f"{run_dir} (stage '{loaded.name}'): {exc}") from None
-    paths = export_mesh(mesh, run_dir / EXPORT_DIR, "model", formats)
+    first: dict[str, Path] = {}
+    faces = []
+    for k, particle in enumerate(loaded.particles):
+        nerf = particle.nerf
+        what = f"stage '{loaded.name}'" + (f", particle {k}" if len(loaded.particles) > 1 else "")
+        with torch.no_grad():
+            try:
+                mesh = bake_mesh(nerf.density, lambda x: nerf(x)["albedo"], nerf.radius, resolution, threshold,
+                                 texture_size, max_faces)
+            except ValueError as exc:
+                raise ExportError(f"{run_dir} ({what}): {exc}") from None
+        paths = export_mesh(mesh, particle_dir(run_dir, k), "model", formats)
+        first = first or paths
+        faces.append(mesh.num_faces)
+        log(f"exported {what}: {mesh.num_verts} vertices, {mesh.num_faces} faces, texture {texture_size}px -> "
+            f"{', '.join(str(p) for p in paths.values())}")
     seconds = time.perf_counter() - t0
-    log(f"exported stage '{loaded.name}': {mesh.num_verts} vertices, {mesh.num_faces} faces, texture "
-        f"{texture_size}px in {seconds:.1f} s -> {', '.join(str(p) for p in paths.values())}")
-    record_export(run_dir, stage=loaded.name, vertices=mesh.num_verts, faces=mesh.num_faces, texture_size=texture_size,
-            mesh_seconds=round(seconds, 2), files={k: str(Path(v).relative_to(run_dir)) for k, v in paths.items()})
-    return paths
+    record_export(run_dir, stage=loaded.name, faces=faces[0], particle_faces=faces, texture_size=texture_size,
+                  mesh_seconds=round(seconds, 2),
+                  files={k: str(Path(v).relative_to(run_dir)) for k, v in first.items()})
+    return first
 
 
 def render_run(
@@ -153,24 +188,28 @@ def render_run(
     formats = parse_formats(formats, FORMATS)
     if views < 1 or size < 16 or fps <= 0:
         raise ExportError(f"views={views} size={size} fps={fps}: expected views >= 1, size >= 16, fps > 0")
-    stem = run_dir / EXPORT_DIR / ("turntable" if mode == "rgb" else f"turntable-{mode}")
+    name = "turntable" if mode == "rgb" else f"turntable-{mode}"
     t0 = time.perf_counter()
+    written: list[dict[str, Path]] = []  # per particle
     if mode == "volume":
         loaded = load_stage(run_dir, stage)
         cams = turntable_cameras(views, elevation, size, fit_distance(loaded.nerf.radius, DEFAULT_FOVY))
+        for k, p in enumerate(loaded.particles):
 
-        def render_fn(c):
-            rays_o, rays_d = c.rays()
-            return loaded.renderer(loaded.nerf, loaded.background, rays_o, rays_d, c.light_position, "albedo")["rgb"]
+            def render_fn(c, p=p):
+                rays_o, rays_d = c.rays()
+                return p.renderer(p.nerf, p.background, rays_o, rays_d, c.light_position, "albedo")["rgb"]
 
-        with torch.no_grad():
-            frames = volume_frames(render_fn, cams, chunk=max(1, 16384 // (size * size)) if size < 128 else 1)
-        paths = write_turntable(frames, stem, fps, formats)
+            with torch.no_grad():
+                frames = volume_frames(render_fn, cams, chunk=max(1, 16384 // (size * size)) if size < 128 else 1)
+            written.append(write_turntable(frames, particle_dir(run_dir, k) / name, fps, formats))
     else:
-        glb = run_dir / EXPORT_DIR / "model.glb"
-        if not glb.is_file():
+        if not (run_dir / EXPORT_DIR / "model.glb").is_file():
             export_run(run_dir, ("glb",), stage=stage, log=log)
-        paths = render_turntable(load_mesh(glb), stem, views, fps, elevation, size, mode, formats)
+        for glb in particle_meshes(run_dir):
+            written.append(render_turntable(load_mesh(glb), glb.parent / name, views, fps, elevation, size, mode,
+                                            formats))
+    paths = written[0]
     seconds = time.perf_counter() - t0
     log(f"rendered {views} views at {size}px ({mode}) in {seconds:.1f} s -> "
         f"{', '.join(str(p) for p in paths.values())}")

@@ -77,6 +77,36 @@ def to_model_space(prior, rgb: Tensor, generator: Optional[torch.Generator] = No
     return prior.encode_images(x, generator).float()
 
 
+def timestep_range(cfg: Any, num_train_timesteps: int, step: int) -> tuple[int, int]:
+    """The integer timestep range [lo, hi] of ``cfg.t_min`` / ``cfg.t_max`` (fractions of T, schedules) at ``step``."""
+    T = num_train_timesteps
+    lo = int(scheduled(cfg.t_min, step) * T)
+    hi = int(scheduled(cfg.t_max, step) * T)
+    return max(lo, 0), min(max(hi, lo + 1), T - 1)
+
+
+def draw_noisy(prior, z: Tensor, lo: int, hi: int, generator: Optional[torch.Generator] = None,
+               t: Optional[Tensor] = None, noise: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+    """t ~ U{lo..hi} [B] and ε ~ N(0, I) unless given; returns (t, ε, z_t = sqrt(ᾱ_t) z + sqrt(1-ᾱ_t) ε), z detached."""
+    B = z.shape[0]
+    if t is None:
+        t = torch.randint(lo, hi + 1, (B,), generator=generator).to(z.device)
+    if noise is None:
+        noise = torch.randn(z.shape, generator=generator).to(z.device)
+    return t, noise, prior.scheduler.add_noise(z.detach(), noise, t)
+
+
+def distillation_loss(z: Tensor, grad: Tensor, grad_clip: Any, step: int) -> tuple[Tensor, Tensor]:
+    """The surrogate loss whose gradient with respect to z [B,C,h,w] is ``grad`` / B (optionally clipped
+    element-wise): L = ½‖z - sg(z - g)‖² / B. Returns (L, the gradient actually used)."""
+    grad = torch.nan_to_num(grad)
+    clip = scheduled(grad_clip, step) if grad_clip is not None else 0.0
+    if clip > 0:
+        grad = grad.clamp(-clip, clip)
+    target = (z - grad).detach()
+    return 0.5 * F.mse_loss(z, target, reduction="sum") / z.shape[0], grad
+
+
 class SDSGuidance:
     """SDS as a function of renders: ``guidance(rgb, cond, uncond, step) -> {"sds": loss}`` plus diagnostics.
 
@@ -89,10 +119,7 @@ class SDSGuidance:
         self.prior = prior
 
     def timestep_range(self, step: int) -> tuple[int, int]:
-        T = self.prior.num_train_timesteps
-        lo = int(scheduled(self.cfg.t_min, step) * T)
-        hi = int(scheduled(self.cfg.t_max, step) * T)
-        return max(lo, 0), min(max(hi, lo + 1), T - 1)
+        return timestep_range(self.cfg, self.prior.num_train_timesteps, step)
 
     def __call__(
         self,
@@ -108,20 +135,9 @@ class SDSGuidance:
         """rgb [B,H,W,3] in [0,1]; cond/uncond [B,L,D]. ``t`` [B] and ``noise`` fix the random draws (tests)."""
         prior = self.prior
         z = to_model_space(prior, rgb, generator)
-        B = z.shape[0]
-        if t is None:
-            lo, hi = self.timestep_range(step)
-            t = torch.randint(lo, hi + 1, (B,), generator=generator).to(z.device)
-        if noise is None:
-            noise = torch.randn(z.shape, generator=generator).to(z.device)
-        z_t = prior.scheduler.add_noise(z.detach(), noise, t)
+        t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
         eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale)
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
-        grad = weighting(self.cfg.weighting, abar) * (eps_hat - noise)
-        grad = torch.nan_to_num(grad)
-        clip = scheduled(self.cfg.grad_clip, step) if self.cfg.grad_clip is not None else 0.0
-        if clip > 0:
-            grad = grad.clamp(-clip, clip)
-        target = (z - grad).detach()
-        loss = 0.5 * F.mse_loss(z, target, reduction="sum") / B
+        loss, grad = distillation_loss(z, weighting(self.cfg.weighting, abar) * (eps_hat - noise), self.cfg.grad_clip,
+                                       step)
         return {"sds": loss, "grad_norm": grad.norm().detach(), "t": t.float().mean().detach()}

@@ -1,9 +1,17 @@
-"""DreamFusion stage: a NeRF rendered from random cameras and scored by score distillation (SDS)."""
+"""NeRF stage (DreamFusion; ProlificDreamer's first stage): NeRF particles rendered from random cameras and
+scored by score distillation (SDS or VSD).
+
+``particles=N`` optimises N independent NeRFs (each with its own background and occupancy grid, its own
+random initialisation and cameras). Their renders go through the guidance as one batch, so one UNet call
+serves all of them and, with VSD, one LoRA model learns the distribution of all their renders. The
+guidance averages its loss over the batch; the system scales it by N so each particle's gradient is what
+it would get alone, and sums the regularizers over particles for the same reason.
+"""
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from dream3d.cameras import Cameras, sample_cameras, turntable
 from dream3d.prior.prompts import PromptEmbeddings
@@ -16,23 +24,37 @@ from dream3d.systems.base import BaseSystem, opacity_entropy_loss, sparsity_loss
 VALIDATION_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 
 
+class Particle(nn.Module):
+    """One 3D result of a NeRF stage: the field, its background and its occupancy grid (in the renderer)."""
+
+    def __init__(self, stage_cfg):
+        super().__init__()
+        rep, r = stage_cfg.representation, stage_cfg.renderer
+        self.nerf = NeRF(rep)
+        self.background = Background(r.background if r.background != "random" else "solid", tuple(r.background_color))
+        self.renderer = VolumeRenderer(r, rep.radius)
+
+
 class NeRFSystem(BaseSystem):
-    """Optimises a :class:`NeRF` (+ background) with SDS, orientation, sparsity and opacity regularizers."""
+    """Optimises ``particles`` NeRFs (+ backgrounds) with SDS or VSD and the orientation, sparsity and opacity
+    regularizers. State: ``particles.<k>.{nerf,background,renderer}`` and, for VSD, ``guidance.*``."""
 
     def __init__(self, run_cfg, stage_name, stage_cfg, prior, run_dir=None):
         super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
-        rep = stage_cfg.representation
-        self.nerf = NeRF(rep)
-        r = stage_cfg.renderer
-        self.background = Background(r.background if r.background != "random" else "solid", tuple(r.background_color))
-        self.renderer = VolumeRenderer(r, rep.radius)
+        self.particles = nn.ModuleList([Particle(stage_cfg) for _ in range(run_cfg.particles)])
         self.guidance = resolve(GUIDANCES, stage_cfg.guidance.name, "guidance")(stage_cfg.guidance, prior)
         self.prompts = PromptEmbeddings(prior, run_cfg.prompt, run_cfg.negative_prompt, run_cfg.view_dependent)
 
     def configure_optimizers(self):
         o = self.stage_cfg.optim
-        groups = self.nerf.parameter_groups(o)
-        groups.append({"params": list(self.background.parameters()), "lr": o.lr_background, "name": "background"})
+        groups = []
+        for k, particle in enumerate(self.particles):
+            for g in particle.nerf.parameter_groups(o):
+                groups.append({**g, "name": f"{g.get('name', 'nerf')}{k}"})
+            groups.append({"params": list(particle.background.parameters()), "lr": o.lr_background,
+                           "name": f"background{k}"})
+        if isinstance(self.guidance, nn.Module):  # VSD: the LoRA model and camera embedding
+            groups.extend(self.guidance.parameter_groups())
         groups = [g for g in groups if g["params"]]
         try:  # the fused kernel is ~3x faster on CPU (torch >= 2.4)
             return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps, fused=True)
@@ -48,47 +70,80 @@ class NeRFSystem(BaseSystem):
             return "albedo"
         return "textureless" if u < r.albedo_prob + (1 - r.albedo_prob) * r.textureless_prob else "diffuse"
 
+    # particle 0, the single result of a one-particle run (what bench.py and the tests time and inspect)
+    @property
+    def nerf(self) -> NeRF:
+        return self.particles[0].nerf
+
+    @property
+    def renderer(self) -> VolumeRenderer:
+        return self.particles[0].renderer
+
     def render(self, cams: Cameras, shading: str = "albedo", stratified: bool = False, generator=None,
-               bg_color: Tensor | None = None, with_normals: bool | None = None) -> dict[str, Tensor]:
+               bg_color: Tensor | None = None, with_normals: bool | None = None, particle: int = 0) -> dict[str, Tensor]:
         cams = cams.to(self.device)
         rays_o, rays_d = cams.rays()
-        return self.renderer(self.nerf, self.background, rays_o, rays_d, cams.light_position, shading, stratified,
-                             generator, bg_color, with_normals)
+        p = self.particles[particle]
+        return p.renderer(p.nerf, p.background, rays_o, rays_d, cams.light_position, shading, stratified, generator,
+                          bg_color, with_normals)
 
     def training_step(self, batch, batch_idx):
         step = self.step
         gen = self.step_generator(step)
-        with self.timed("grid"):
-            occupied = self.renderer.update_grid(self.nerf, step, gen)
         cfg = self.stage_cfg
-        cams = sample_cameras(cfg.camera, gen)
-        shading = self.choose_shading(step, gen)
-        bg_color = torch.rand(3, generator=gen).to(self.device) if cfg.renderer.background == "random" else None
-        with_normals = shading != "albedo" or self.wants("orient")
-        with self.timed("render"):
-            out = self.render(cams, shading, stratified=True, generator=gen, bg_color=bg_color, with_normals=with_normals)
+        n = len(self.particles)
+        occupied, cams, outs, regs = [], [], [], {}
+        for k, particle in enumerate(self.particles):
+            with self.timed("grid"):
+                occ = particle.renderer.update_grid(particle.nerf, step, gen)
+            if occ is not None:
+                occupied.append(occ)
+            cam = sample_cameras(cfg.camera, gen)
+            shading = self.choose_shading(step, gen)
+            bg_color = torch.rand(3, generator=gen).to(self.device) if cfg.renderer.background == "random" else None
+            with_normals = shading != "albedo" or self.wants("orient")
+            with self.timed("render"):
+                out = self.render(cam, shading, stratified=True, generator=gen, bg_color=bg_color,
+                                  with_normals=with_normals, particle=k)
+            for term, value in self.regularizers(out, with_normals).items():
+                regs[term] = regs.get(term, 0.0) + value
+            cams.append(cam)
+            outs.append(out)
+        cams_all = Cameras.cat(cams)
         with self.timed("guidance"):
-            labels = cams.view_labels(cfg.camera.front_threshold, cfg.camera.overhead_threshold)
+            labels = cams_all.view_labels(cfg.camera.front_threshold, cfg.camera.overhead_threshold)
             cond, uncond = self.prompts(labels)
-            g = self.guidance(out["rgb"], cond, uncond, step, generator=gen, cameras=cams)
-        terms = {k: v for k, v in g.items() if hasattr(cfg.loss, k)}
+            rgb = torch.cat([o["rgb"] for o in outs])
+            g = self.guidance(rgb, cond, uncond, step, generator=gen, cameras=cams_all)
+        # the guidance averages over the batch of all particles' renders: scale its particle terms back up so
+        # each particle gets its own full gradient (the LoRA loss is one model's loss: left as it is)
+        terms = {k: (v * n if k in ("sds", "vsd") else v) for k, v in g.items() if hasattr(cfg.loss, k)}
+        terms.update(regs)
+        loss, logs = self.weighted_loss(terms, step)
+        logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]),
+                    samples=sum(float(o["samples"]) for o in outs) / n)
+        if occupied:
+            logs["occupied"] = sum(occupied) / len(occupied)
+        self.record(logs)
+        return loss
+
+    def regularizers(self, out: dict[str, Tensor], with_normals: bool) -> dict[str, Tensor]:
+        """The weighted regularizers of one particle's render."""
+        terms = {}
         if with_normals and self.wants("orient"):
             terms["orient"] = out["orient"]
         if self.wants("sparsity"):
             terms["sparsity"] = sparsity_loss(out["opacity"])
         if self.wants("opacity"):
             terms["opacity"] = opacity_entropy_loss(out["opacity"])
-        loss, logs = self.weighted_loss(terms, step)
-        logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]), samples=float(out["samples"]))
-        if occupied is not None:
-            logs["occupied"] = occupied
-        self.record(logs)
-        return loss
+        return terms
 
     def render_views(self) -> dict[str, Tensor]:
+        """The validation views of every particle: particle k's four views are columns 4k..4k+3."""
         c = self.stage_cfg.camera
         outs = []
-        for az in VALIDATION_AZIMUTHS:
-            cams = turntable(1, c.eval_elevation, c.eval_distance, c.eval_fovy, c.eval_size, start_azimuth=az)
-            outs.append(self.render(cams, "albedo", with_normals=True))
+        for k in range(len(self.particles)):
+            for az in VALIDATION_AZIMUTHS:
+                cams = turntable(1, c.eval_elevation, c.eval_distance, c.eval_fovy, c.eval_size, start_azimuth=az)
+                outs.append(self.render(cams, "albedo", with_normals=True, particle=k))
         return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "normal", "opacity")}
