@@ -11,6 +11,8 @@ Two measurements, each with the grid on and off in the same run:
   the render (loss = mean rgb + orientation penalty), no guidance.
 * ``sds32``: the whole training step at a 32x32 render (the recipe's step with guidance), split into
   grid update (amortised), render, guidance, backward and optimizer.
+* ``vsd32`` and ``vsd32 x2`` (grid on only): the same step with VSD (ProlificDreamer), one particle and two
+  particles (each a copy of the fitted cube), where guidance also trains the LoRA model.
 
 Prints a table of median milliseconds and peak RSS. Prior: ``assets/priors/shapeworld`` when shipped,
 else a random diffusers prior built on the spot (``--tiny pixel``: a 32 px pixel-space UNet of about
@@ -154,6 +156,14 @@ def main() -> int:
         label = "grid on" if grid else "grid off"
         results[f"render64 {label}"] = bench_render64(system, args.iters)
         results[f"sds32 {label}"] = bench_sds32(system, args.iters)
+        for n in (1, 2) if grid else ():
+            vcfg = load_config(["prompt=a red cube", f"prior={prior_path}", "guidance=vsd", f"particles={n}"])
+            vsd = NeRFSystem(vcfg, "coarse", vcfg.stages["coarse"], prior)
+            for particle in vsd.particles:
+                particle.nerf.load_state_dict(trained)
+                particle.renderer.load_state_dict(grid_state)
+                particle.renderer.cfg.grid_update_every = 16
+            results["vsd32 grid on" if n == 1 else "vsd32 x2 grid on"] = bench_sds32(vsd, args.iters)
     occupied = float(grid_state["grid.occupied"].float().mean())
     print(f"prior: {prior_label}, UNet {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()};"
           f" occupied cells {occupied:.1%}")

@@ -118,11 +118,13 @@ def timing(out: Path) -> tuple[dict, str]:
     lines = [f"Per-iteration milliseconds (median of 5), prior {data['prior']}; reference = no occupancy grid.", "",
              "| stage kind | measurement | render | guidance | backward | optimizer | total | reference total | "
              "speed-up |", "|---|---|---|---|---|---|---|---|---|"]
-    for m in ("render64", "sds32"):
-        on, off = res[f"{m} grid on"], res[f"{m} grid off"]
+    for m in ("render64", "sds32", "vsd32", "vsd32 x2"):
+        on, off = res.get(f"{m} grid on"), res.get(f"{m} grid off")
+        if on is None:
+            continue
         cells = [f"{on[c]:.1f}" if c in on else "" for c in ("render", "guidance", "backward", "optimizer", "total")]
-        lines.append(f"| NeRF (volume) | {m} | " + " | ".join(cells) + f" | {off['total']:.1f} | "
-                     f"{off['total'] / on['total']:.2f}x |")
+        ref = [f"{off['total']:.1f}", f"{off['total'] / on['total']:.2f}x"] if off else ["", ""]
+        lines.append(f"| NeRF (volume) | {m} | " + " | ".join(cells + ref) + " |")
     return data, "\n".join(lines)
 
 
