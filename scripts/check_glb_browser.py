@@ -14,25 +14,15 @@ Chromium is ``apt-get install -y chromium``. Not part of the test suite (it take
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
-import time
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import browser_check  # noqa: E402
 import npm_local  # noqa: E402
-
-CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
-]
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>glb check</title><link rel="icon" href="data:,">
@@ -82,39 +72,6 @@ try {
 </script></body></html>
 """
 
-_DRIVER = r"""
-const [modules, chromium, url, out, size, timeoutMs, userDataDir, flags] = process.argv.slice(1);
-const { chromium: browserType } = require(modules + '/playwright-core');
-(async () => {
-  const logs = [];
-  const context = await browserType.launchPersistentContext(userDataDir, {
-    executablePath: chromium, headless: true, args: JSON.parse(flags),
-    viewport: { width: +size, height: +size }, deviceScaleFactor: 1, timeout: +timeoutMs,
-  });
-  try {
-    const page = context.pages()[0] || await context.newPage();
-    page.on('console', (m) => logs.push(m.type() + ': ' + m.text()));
-    page.on('pageerror', (e) => logs.push('pageerror: ' + e.message));
-    await page.goto(url, { timeout: +timeoutMs });
-    await page.waitForFunction(() => window.__result !== undefined, null, { timeout: +timeoutMs });
-    const result = await page.evaluate(() => window.__result);
-    await page.screenshot({ path: out });
-    console.log(JSON.stringify({ result, version: context.browser() ? context.browser().version() : null, logs }));
-  } finally {
-    await context.close();
-  }
-})().catch((err) => { console.log(JSON.stringify({ result: { ok: false, error: String(err.message || err).split('\n')[0] } })); process.exit(3); });
-"""
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
-                      ".glb": "model/gltf-binary"}
-
-    def log_message(self, *args) -> None:  # keep the script's output to its verdict
-        pass
-
-
 def screenshot_shows_object(path: Path, background=(255, 255, 255), threshold: int = 24,
                             min_fraction: float = 0.02) -> tuple[bool, float]:
     """Whether the central half of the screenshot has at least ``min_fraction`` non-background pixels."""
@@ -128,41 +85,21 @@ def screenshot_shows_object(path: Path, background=(255, 255, 255), threshold: i
     return bool(differs >= min_fraction), float(differs)
 
 
-def render(glb: Path, out: Path, size: int = 512, timeout: float = 90.0, chromium: str = "/usr/bin/chromium",
-           install: bool = True) -> dict:
+def render(glb: Path, out: Path, size: int = 512, timeout: float = 90.0,
+           chromium: str = browser_check.DEFAULT_CHROMIUM, install: bool = True) -> dict:
     """Serve ``glb``, render it in headless Chromium, screenshot to ``out`` -> the page's result + timings."""
-    if not Path(chromium).exists() and shutil.which(chromium) is None:
-        sys.exit(f"chromium not found at {chromium} (apt-get install -y chromium)")
+    browser_check.require_chromium(chromium)
     modules = npm_local.ensure(["three", "playwright-core"], install=install)
-    with tempfile.TemporaryDirectory(prefix="glb-check-") as tmp:
-        site, profile = Path(tmp) / "site", Path(tmp) / "profile"
-        site.mkdir()
-        profile.mkdir()  # a new, empty user data dir every run
-        shutil.copyfile(glb, site / "model.glb")
-        os.symlink(modules / "three", site / "three")
-        (site / "index.html").write_text(_PAGE.replace("SIZE", str(int(size))).replace("MODEL", "model.glb"))
-        server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(site)))
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
-            start = time.perf_counter()
-            done = subprocess.run(
-                ["node", "-e", _DRIVER, str(modules), chromium, url, str(out.resolve()), str(size),
-                 str(int(timeout * 1000)), str(profile), json.dumps(CHROMIUM_FLAGS)],
-                capture_output=True, text=True, timeout=timeout * 2 + 30,
-            )
-            seconds = time.perf_counter() - start
-        finally:
-            server.shutdown()
-            server.server_close()
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"result": {"ok": False, "error": f"browser driver failed (exit {done.returncode}): {tail}"},
-                "seconds": seconds}
-    report = json.loads(lines[-1])
-    report["seconds"] = seconds
+    with tempfile.TemporaryDirectory(prefix="glb-check-") as site:
+        shutil.copyfile(glb, Path(site) / "model.glb")
+        os.symlink(modules / "three", Path(site) / "three")
+        (Path(site) / "index.html").write_text(_PAGE.replace("SIZE", str(int(size))).replace("MODEL", "model.glb"))
+        with browser_check.serve(Path(site)) as base:
+            report = browser_check.open_page(base + "index.html", out, "window.__result !== undefined",
+                                             "window.__result", size, size, timeout=timeout, chromium=chromium,
+                                             install=install, packages=("three",))
+    if report.get("result") is None:
+        report["result"] = {"ok": False, "error": f"the page did not finish within {timeout:g} s"}
     return report
 
 
@@ -172,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="screenshot PNG (default: <glb>.browser.png beside the GLB)")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds for the browser to start and render")
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", default=browser_check.DEFAULT_CHROMIUM)
     parser.add_argument("--no-install", action="store_true", help="fail instead of installing npm packages")
     parser.add_argument("--verbose", action="store_true", help="print the page's console messages")
     args = parser.parse_args(argv)
