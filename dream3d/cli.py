@@ -15,10 +15,6 @@ from pathlib import Path
 
 from dream3d import __version__
 
-NOT_YET = {
-    "compare": "SDS-vs-VSD comparison reports (the VSD issue)",
-}
-
 
 def _fit_epilog() -> str:
     from dream3d.config import list_recipes, main_keys
@@ -91,9 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
         "keys: views=16  elevation=15  size=64  classifier=<folder> (default: <prior>/classifier, else "
         "assets/priors/shapeworld/classifier)",
     )
-    for name, what in NOT_YET.items():
-        p = sub.add_parser(name, help=f"{what}: not yet available")
-        p.add_argument("args", nargs="*")
+    compare = sub.add_parser(
+        "compare", help="SDS against VSD on one prompt: two fits, one HTML report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fit a prompt with SDS (dreamfusion recipe, guidance scale 100) and VSD (prolificdreamer recipe,"
+        " 7.5)\nfrom the same seed and step budget, or take two existing run folders, and write "
+        "<out>/report.html\n(turntables, validation grids, loss curves, figures) and <out>/summary.json.",
+        epilog='examples:\n  dream3d compare prompt="a red cube" [seed=0] [budget=600] [particles=2] [out=<folder>]\n'
+        "  dream3d compare outputs/dreamfusion/<run> outputs/prolificdreamer/<run> [out=<folder>]\n"
+        "keys: prior=<folder>  views=16 (eval)  video_views=60  video_size=256  texture_size=512\n"
+        "the same command with out=<folder> continues an interrupted comparison.",
+    )
+    compare.add_argument("args", nargs="*", metavar="run folder | key=value")
+    compare.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -243,6 +249,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``dream3d compare prompt=... [seed] [budget] [particles]`` or ``dream3d compare <run A> <run B>``."""
+    from dream3d.compare import CompareError, compare, typed
+    from dream3d.config import ConfigError, parse_overrides
+    from dream3d.export.report import ReportError
+    from dream3d.prior import PriorError
+    from dream3d.run import RunInterrupted
+
+    folders = [a for a in args.args if "=" not in a]
+    try:
+        values = typed(parse_overrides([a for a in args.args if "=" in a]))
+        summary = compare(values, folders or None, show_progress=not args.quiet)
+    except (CompareError, ConfigError, ReportError) as exc:
+        return _error(str(exc))
+    except PriorError as exc:
+        return _error(str(exc), 1)
+    except RunInterrupted as exc:
+        return _error(f"{exc}; or rerun the same dream3d compare command with out=<its folder>", 130)
+    for label, fig in summary["runs"].items():
+        print(f"{label}: " + ", ".join(f"{k} {fig.get(k)}" for k in ("wall_s", "it_per_s", "saturation",
+                                                                     "true_saturation", "r_precision", "diversity")))
+    print(f"wrote {Path(summary['out']) / summary['report']} and summary.json in {summary['compare_wall_s']} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
@@ -250,19 +281,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     args, unknown = parser.parse_known_args(argv)  # key=value may follow --flags: collect them too
+    flags = [u for u in unknown if u.startswith("-")]
+    if flags:
+        return _error(f"{args.command}: unknown option {flags[0]} (expected key=value arguments; see dream3d "
+                      f"{args.command} --help)")
     if args.command == "fit":
-        flags = [u for u in unknown if u.startswith("-")]
-        if flags:
-            return _error(f"fit: unknown option {flags[0]} (expected key=value overrides, --quiet or --help)")
         args.overrides = list(args.overrides) + unknown
         return cmd_fit(args)
+    if hasattr(args, "args"):
+        args.args = list(args.args) + unknown
     if args.command == "prior":
         return cmd_prior(args)
     if args.command in ("export", "render"):
         return cmd_export(args, args.command == "render")
     if args.command == "eval":
         return cmd_eval(args)
-    return _error(f"'{args.command}' is not yet available: {NOT_YET[args.command]}")
+    if args.command == "compare":
+        return cmd_compare(args)
+    parser.print_help()
+    return 2
 
 
 if __name__ == "__main__":

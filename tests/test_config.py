@@ -118,12 +118,6 @@ def test_cli_help_lists_recipes_and_keys(capsys):
         assert key in out
 
 
-@pytest.mark.parametrize("command", ["compare"])
-def test_unfinished_commands_say_so(capsys, command):
-    assert cli.main([command]) == 2
-    assert "not yet available" in capsys.readouterr().err
-
-
 def test_prior_world_list_and_export(tmp_path, capsys):
     assert cli.main(["prior", "world", "--list"]) == 0
     out = capsys.readouterr().out
