@@ -3,9 +3,10 @@
     dream3d compare prompt="a red cube" [seed=0] [budget=600] [particles=2] [out=outputs/compare/<slug>-<time>]
     dream3d compare <run folder A> <run folder B> [out=...]
 
-With a prompt it fits the ``dreamfusion`` recipe (SDS at its usual guidance scale, 100) and the
-``prolificdreamer`` recipe (VSD at 7.5) into ``<out>/sds`` and ``<out>/vsd``: same seed, same step budget,
-same particle count, one loaded prior for both. Then both are exported, evaluated (``dream3d eval``) and
+With a prompt it fits the NeRF stage of the ``dreamfusion`` recipe (SDS at its usual guidance scale, 100)
+and of the ``prolificdreamer`` recipe (VSD at 7.5; its later mesh stages are left out, so the two runs
+differ in the guidance only) into ``<out>/sds`` and ``<out>/vsd``: same seed, same step budget, same particle
+count, one loaded prior for both. Then both are exported, evaluated (``dream3d eval``) and
 put side by side by :func:`dream3d.export.report.write_report` in ``<out>/report.html`` and
 ``<out>/summary.json``. Running the same command again with ``out=`` continues an interrupted comparison:
 finished runs are kept, an interrupted one resumes from its checkpoint.
@@ -58,8 +59,7 @@ def fit_pair(values: dict, out: Path, log: Callable[[str], None] = print, show_p
     from dream3d.prior import load_prior
     from dream3d.run import fit, pick_device
 
-    common = {"prompt": values["prompt"], "seed": str(values["seed"]), "steps": str(values["budget"]),
-              "particles": str(values["particles"]), "video_views": str(values["video_views"]),
+    common = {"prompt": values["prompt"], "seed": str(values["seed"]), "particles": str(values["particles"]), "video_views": str(values["video_views"]),
               "video_size": str(values["video_size"]), "texture_size": str(values["texture_size"]),
               "mesh_resolution": str(values["mesh_resolution"])}
     if values["prior"]:
@@ -70,7 +70,11 @@ def fit_pair(values: dict, out: Path, log: Callable[[str], None] = print, show_p
         if (run_dir / "config.yaml").is_file():
             configs[kind] = (run_dir, load_config({}, base=load_stored(run_dir / "config.yaml")), True)
         else:
-            configs[kind] = (run_dir, load_config({**common, "recipe": recipe}), False)
+            cfg = load_config({**common, "recipe": recipe})
+            first = next(iter(cfg.stages))
+            cfg.stages = {first: cfg.stages[first]}  # the NeRF stage: the guidance is the only difference
+            cfg.stages[first].steps = cfg.steps = values["budget"]
+            configs[kind] = (run_dir, cfg, False)
     prior = None
     runs = {}
     for kind, (run_dir, cfg, resume) in configs.items():

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from dream3d.fields.encoding import HashGridConfig
+from dream3d.representations.dmtet import DMTetConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -107,6 +108,20 @@ class GuidanceConfig:
 
 
 @dataclass
+class MeshStageConfig:
+    """Mesh stages (systems dmtet, dmtet-geometry, mesh-texture): what starts the DMTet and what is scored."""
+
+    init: str = "sphere"  # without a stage `init`: sphere | ellipsoid | <mesh file> (with one: that stage's result)
+    init_size: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # sphere/ellipsoid semi-axes (x, y, z)
+    init_fit_steps: int = 200  # from a NeRF: steps fitting the sdf to the density's level set (0: off)
+    texture_fit_steps: int = 200  # from a NeRF: steps distilling its albedo into the DMTet's texture field
+    latent_mask_steps: int = 0  # geometry stage, latent priors: score [normal, mask] as latents before this step
+    material: str = "albedo"  # texture stage: albedo (diffuse colour) | pbr (albedo, roughness, metallic, env light)
+    light: str = "studio"  # pbr: environment light preset (studio | uniform)
+    background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+
+@dataclass
 class LossConfig:
     """Weights of the loss terms: numbers or schedules. Zero switches a term off (it is not computed)."""
 
@@ -116,6 +131,8 @@ class LossConfig:
     orient: Any = field(default_factory=lambda: [0, 10.0, 1000.0, 5000])
     sparsity: Any = 0.0  # mean sqrt(opacity^2 + 0.01): fewer occupied pixels
     opacity: Any = 0.0  # binary entropy of opacity: crisp silhouettes
+    normal_consistency: Any = 0.0  # mesh stages: 1 - cos between the normals of adjacent faces
+    laplacian: Any = 0.0  # mesh stages: squared distance of each vertex from its neighbours' mean (x resolution^2)
 
 
 @dataclass
@@ -123,6 +140,8 @@ class OptimConfig:
     lr_encoding: float = 0.01
     lr_network: float = 0.001
     lr_background: float = 0.001
+    lr_sdf: float = 0.001  # mesh stages: DMTet signed distances (scene units)
+    lr_deformation: float = 0.005  # mesh stages: DMTet vertex offsets (pre-tanh)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-15
 
@@ -135,6 +154,8 @@ class StageConfig:
     steps: int = 1000
     init: Optional[str] = None  # name of an earlier stage whose result initialises this one
     representation: NeRFConfig = field(default_factory=NeRFConfig)
+    dmtet: DMTetConfig = field(default_factory=DMTetConfig)  # mesh stages
+    mesh: MeshStageConfig = field(default_factory=MeshStageConfig)  # mesh stages
     renderer: RendererConfig = field(default_factory=RendererConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
@@ -385,6 +406,36 @@ def resolve_prior_path(prior: str) -> str:
     raise ConfigError(f"prior: folder '{prior}' not found; expected a diffusers pipeline folder or a hub id like stabilityai/stable-diffusion-2-1-base{hint}")
 
 
+MESH_SYSTEMS = ("dmtet", "dmtet-geometry", "mesh-texture")
+
+
+def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -> None:
+    """Settings of the mesh stages (systems dmtet, dmtet-geometry, mesh-texture)."""
+    if st.system not in MESH_SYSTEMS:
+        return
+    m, d = st.mesh, st.dmtet
+    if d.resolution < 4 or d.radius <= 0 or not 0 < d.deformation_bound <= 1:
+        raise ConfigError(f"{p}.dmtet: expected resolution >= 4, radius > 0 and 0 < deformation_bound <= 1, got "
+                          f"{d.resolution}, {d.radius}, {d.deformation_bound}")
+    _choice(f"{p}.mesh.material", m.material, ["albedo", "pbr"])
+    _choice(f"{p}.mesh.light", m.light, ["studio", "uniform"])
+    if len(m.init_size) != 3 or min(m.init_size) <= 0 or max(m.init_size) >= d.radius:
+        raise ConfigError(f"{p}.mesh.init_size: expected three semi-axes in (0, dmtet.radius), got {list(m.init_size)}")
+    if min(m.init_fit_steps, m.texture_fit_steps, m.latent_mask_steps) < 0:
+        raise ConfigError(f"{p}.mesh: init_fit_steps, texture_fit_steps and latent_mask_steps must be >= 0")
+    if st.init is None and m.init not in ("sphere", "ellipsoid") and not Path(m.init).expanduser().is_file():
+        raise ConfigError(f"{p}.mesh.init: expected sphere, ellipsoid or a mesh file (.glb/.obj/.ply), got '{m.init}'"
+                          " (not a file)")
+    if st.system == "mesh-texture":
+        source = stages.get(st.init) if st.init else None
+        if source is None or source.system not in MESH_SYSTEMS:
+            raise ConfigError(f"{p}.init: a mesh-texture stage textures the geometry of an earlier dmtet or "
+                              f"dmtet-geometry stage; got {st.init!r}")
+        if source.dmtet.resolution != d.resolution:
+            raise ConfigError(f"{p}.dmtet.resolution: expected {source.dmtet.resolution} like stage '{st.init}', "
+                              f"got {d.resolution}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Check values that types alone cannot. Raises ConfigError (one line) on the first problem."""
     from dream3d.registry import GUIDANCES, SYSTEMS
@@ -427,6 +478,7 @@ def validate(cfg: RunConfig) -> None:
         _choice(f"{p}.guidance.name", st.guidance.name, sorted(GUIDANCES))
         if st.init is not None and st.init not in seen:
             raise ConfigError(f"{p}.init: expected the name of an earlier stage ({', '.join(seen) or 'none'}), got '{st.init}'")
+        _check_mesh_stage(p, st, cfg.stages)
         seen.append(name)
         for key in ("val_every", "ckpt_every"):
             if getattr(st, key) <= 0:

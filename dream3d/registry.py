@@ -14,7 +14,12 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 # name -> "module:attribute"; kept as strings so config validation needs no heavy imports
-SYSTEMS: dict[str, str] = {"nerf-sds": "dream3d.systems.nerf:NeRFSystem"}
+SYSTEMS: dict[str, str] = {
+    "nerf-sds": "dream3d.systems.nerf:NeRFSystem",
+    "dmtet": "dream3d.systems.mesh:DMTetSystem",
+    "dmtet-geometry": "dream3d.systems.mesh:DMTetGeometrySystem",
+    "mesh-texture": "dream3d.systems.mesh:MeshTextureSystem",
+}
 GUIDANCES: dict[str, str] = {"sds": "dream3d.guidance.sds:SDSGuidance", "vsd": "dream3d.guidance.vsd:VSDGuidance"}
 
 

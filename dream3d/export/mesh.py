@@ -238,6 +238,24 @@ def bake_mesh(
     return TexturedMesh(verts, faces, uv=uv, texture=texture)
 
 
+def bake_surface(
+    verts: Tensor, faces: Tensor, color_fn: ColorFn, texture_size: int = 1024, max_faces: Optional[int] = None,
+    roughness: Optional[float] = None, metallic: Optional[float] = None,
+) -> tuple[TexturedMesh, bool]:
+    """Texture an explicit surface (a DMTet's marching-tets mesh): weld and clean it, keep the largest piece,
+    decimate to ``max_faces``, unwrap and bake ``color_fn``. Returns the mesh and whether the cleaned surface
+    is watertight (checked before the UV seams split its vertices)."""
+    if faces.shape[0] == 0:
+        raise ValueError("empty surface: the mesh stage has no faces (no sign change in its sdf)")
+    mesh = _cleanup(verts.detach().cpu().numpy(), faces.cpu().numpy(), True, max_faces)
+    watertight = bool(mesh.is_watertight)
+    v = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
+    f = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
+    v, f, uv, _ = unwrap_uv(v, f, size=texture_size)
+    texture = bake_texture(v, f, uv, color_fn, size=texture_size)
+    return TexturedMesh(v, f, uv=uv, texture=texture, roughness=roughness, metallic=metallic), watertight
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Writers and loader
 # --------------------------------------------------------------------------------------------------------------

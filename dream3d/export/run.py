@@ -35,11 +35,15 @@ class ExportError(ValueError):
 class LoadedStage:
     name: str
     cfg: object  # the stage's StageConfig (omegaconf)
-    particles: list[nn.Module]  # dream3d.systems.nerf.Particle: nerf, background, renderer
+    particles: list[nn.Module]  # systems.nerf.Particle (nerf, background, renderer) or systems.mesh.MeshParticle
 
     @property
-    def nerf(self) -> nn.Module:  # particle 0
+    def nerf(self) -> nn.Module:  # particle 0 of a NeRF stage
         return self.particles[0].nerf
+
+    @property
+    def is_mesh(self) -> bool:
+        return not hasattr(self.particles[0], "nerf")
 
 
 def particle_dir(run_dir: Path, k: int) -> Path:
@@ -56,7 +60,7 @@ def _last_stage_with_checkpoint(run_dir: Path, stages: Sequence[str]) -> str:
 
 def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
     """The representation of ``stage`` (default: the last stage that has a checkpoint), on the CPU, eval mode."""
-    from dream3d.config import ConfigError, load_run_config
+    from dream3d.config import MESH_SYSTEMS, ConfigError, load_run_config
     from dream3d.systems.nerf import Particle
 
     run_dir = Path(run_dir)
@@ -73,8 +77,13 @@ def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
     if not ckpt.is_file():
         raise ExportError(f"{ckpt}: not found (stage '{name}' has not been trained)")
     st = cfg.stages[name]
-    if not st.system.startswith("nerf"):
-        raise ExportError(f"stage '{name}': exporting system '{st.system}' is not supported yet")
+    if st.system in MESH_SYSTEMS:
+        from dream3d.systems.mesh import KINDS, MeshParticle
+
+        kind = KINDS[MESH_SYSTEMS.index(st.system)]
+        make, needed = (lambda: MeshParticle(st, kind)), "dmtet."
+    else:
+        make, needed = (lambda: Particle(st)), "nerf."
     state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     if not any(k.startswith("particles.") for k in state):  # a run from before particles: one, unprefixed
         state = {f"particles.0.{k}": v for k, v in state.items()}
@@ -82,8 +91,8 @@ def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
     for k in range(max(1, cfg.particles)):
         prefix = f"particles.{k}."
         part = {key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)}
-        particle = Particle(st)
-        missing = [m for m in particle.load_state_dict(part, strict=False).missing_keys if m.startswith("nerf.")]
+        particle = make()
+        missing = [m for m in particle.load_state_dict(part, strict=False).missing_keys if m.startswith(needed)]
         if missing:
             raise ExportError(f"{ckpt}: particle {k} has no {missing[0]} (expected a checkpoint of this run's config)")
         particles.append(particle.eval())
@@ -142,14 +151,18 @@ def export_run(
     loaded = load_stage(run_dir, stage)
     t0 = time.perf_counter()
     first: dict[str, Path] = {}
-    faces = []
+    faces, watertight = [], []
     for k, particle in enumerate(loaded.particles):
-        nerf = particle.nerf
         what = f"stage '{loaded.name}'" + (f", particle {k}" if len(loaded.particles) > 1 else "")
         with torch.no_grad():
             try:
-                mesh = bake_mesh(nerf.density, lambda x: nerf(x)["albedo"], nerf.radius, resolution, threshold,
-                                 texture_size, max_faces)
+                if loaded.is_mesh:
+                    mesh, closed = _bake_mesh_particle(particle, loaded.cfg, texture_size, max_faces)
+                    watertight.append(closed)
+                else:
+                    nerf = particle.nerf
+                    mesh = bake_mesh(nerf.density, lambda x, nerf=nerf: nerf(x)["albedo"], nerf.radius, resolution,
+                                     threshold, texture_size, max_faces)
             except ValueError as exc:
                 raise ExportError(f"{run_dir} ({what}): {exc}") from None
         paths = export_mesh(mesh, particle_dir(run_dir, k), "model", formats)
@@ -158,10 +171,35 @@ def export_run(
         log(f"exported {what}: {mesh.num_verts} vertices, {mesh.num_faces} faces, texture {texture_size}px -> "
             f"{', '.join(str(p) for p in paths.values())}")
     seconds = time.perf_counter() - t0
+    extra = {"watertight": all(watertight), "particle_watertight": watertight} if watertight else {}
     record_export(run_dir, stage=loaded.name, faces=faces[0], particle_faces=faces, texture_size=texture_size,
-                  mesh_seconds=round(seconds, 2),
+                  mesh_seconds=round(seconds, 2), **extra,
                   files={k: str(Path(v).relative_to(run_dir)) for k, v in first.items()})
     return first
+
+
+def _bake_mesh_particle(particle, stage_cfg, texture_size: int, max_faces: Optional[int]):
+    """A mesh stage's particle -> (TexturedMesh, watertight): its marching-tets surface, textured with its
+    albedo (a geometry-only stage: flat grey), PBR stages with their mean roughness and metallic."""
+    from dream3d.export.mesh import bake_surface
+
+    verts, faces = particle.dmtet.mesh()
+    field = particle.colour_field()
+    if particle.material is not None:
+        sample = field(verts[: 65536])
+        roughness, metallic = float(sample["roughness"].mean()), float(sample["metallic"].mean())
+
+        def colour(x):
+            return field(x)["albedo"]
+    elif stage_cfg.system == "dmtet-geometry":
+        roughness = metallic = None
+
+        def colour(x):
+            return torch.full((x.shape[0], 3), 0.7)
+    else:
+        roughness = metallic = None
+        colour = field
+    return bake_surface(verts, faces, colour, texture_size, max_faces, roughness, metallic)
 
 
 def render_run(
@@ -193,6 +231,9 @@ def render_run(
     written: list[dict[str, Path]] = []  # per particle
     if mode == "volume":
         loaded = load_stage(run_dir, stage)
+        if loaded.is_mesh:
+            raise ExportError(f"mode=volume: stage '{loaded.name}' is a mesh stage; volume renders are for NeRF "
+                              "stages (pass stage=<a NeRF stage> or another mode)")
         cams = turntable_cameras(views, elevation, size, fit_distance(loaded.nerf.radius, DEFAULT_FOVY))
         for k, p in enumerate(loaded.particles):
 

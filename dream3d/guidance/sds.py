@@ -68,8 +68,15 @@ def weighting(name: str, abar: Tensor) -> Tensor:
     raise ValueError(f"guidance.weighting: unknown '{name}' (expected sds, uniform or fantasia)")
 
 
-def to_model_space(prior, rgb: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-    """rgb [B,H,W,3] in [0,1] -> the prior's input space [B,C,h,w], resized to the prior's resolution."""
+def to_model_space(prior, rgb: Tensor, generator: Optional[torch.Generator] = None,
+                   latents: Optional[Tensor] = None) -> Tensor:
+    """rgb [B,H,W,3] in [0,1] -> the prior's input space [B,C,h,w], resized to the prior's resolution.
+
+    ``latents`` [B,C,h',w'] given instead (Fantasia3D's early geometry phase feeds [normal, mask] as latents):
+    only resized to the model's size, ``rgb`` is ignored."""
+    if latents is not None:
+        size = prior.image_size // prior.vae_scale_factor
+        return F.interpolate(latents.float(), (size, size), mode="bilinear", align_corners=False)
     x = rgb.permute(0, 3, 1, 2)
     size = prior.image_size
     if x.shape[-1] != size or x.shape[-2] != size:
@@ -131,10 +138,12 @@ class SDSGuidance:
         t: Optional[Tensor] = None,
         noise: Optional[Tensor] = None,
         cameras: Any = None,
+        latents: Optional[Tensor] = None,
     ) -> dict[str, Tensor]:
-        """rgb [B,H,W,3] in [0,1]; cond/uncond [B,L,D]. ``t`` [B] and ``noise`` fix the random draws (tests)."""
+        """rgb [B,H,W,3] in [0,1] (or ``latents``, see :func:`to_model_space`); cond/uncond [B,L,D]. ``t`` [B]
+        and ``noise`` fix the random draws (tests)."""
         prior = self.prior
-        z = to_model_space(prior, rgb, generator)
+        z = to_model_space(prior, rgb, generator, latents)
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
         eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale)
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)

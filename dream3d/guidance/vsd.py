@@ -164,6 +164,7 @@ class VSDGuidance(nn.Module):
         t: Optional[Tensor] = None,
         noise: Optional[Tensor] = None,
         cameras: Any = None,
+        latents: Optional[Tensor] = None,
     ) -> dict[str, Tensor]:
         """rgb [B,H,W,3] in [0,1]; cond/uncond [B,L,D]; ``cameras`` (B cameras, required). ``t`` [B] and
         ``noise`` fix the particle update's draws (tests); the LoRA update always draws its own."""
@@ -171,7 +172,7 @@ class VSDGuidance(nn.Module):
             raise ValueError("guidance vsd: needs the cameras of the renders (cameras=...)")
         prior = self.prior
         cfg = self.cfg
-        z = to_model_space(prior, rgb, generator)
+        z = to_model_space(prior, rgb, generator, latents)
         B = z.shape[0]
         c2w = cameras.c2w.to(z.device)
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)

@@ -416,14 +416,21 @@ def _point_segment_distance(p: Tensor, a: Tensor, b: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
+ShadeFn = Callable[..., Tensor]  # (material, points [N,3], normal [N,3], view [N,3], batch_index [N]) -> rgb [N,3]
+
+
 def render_surface(
-    verts: Tensor, faces: Tensor, cams, albedo_fn: Callable[[Tensor], Tensor],
-    background: Union[float, Tensor] = 1.0, antialiased: bool = True,
+    verts: Tensor, faces: Tensor, cams, albedo_fn: Callable[[Tensor], Union[Tensor, dict]],
+    background: Union[float, Tensor] = 1.0, antialiased: bool = True, shade_fn: Optional[ShadeFn] = None,
 ) -> dict[str, Tensor]:
     """Render a closed, outward-wound mesh whose albedo is a field: verts [M,3], faces [F,3] -> images.
 
-    ``albedo_fn`` (world points [N,3] -> [N,3]) is evaluated once per covered pixel, at the interpolated surface
-    point. Returns ``rgb`` [B,H,W,3] (albedo over ``background``), ``opacity`` [B,H,W,1], ``normal`` [B,H,W,3]
+    ``albedo_fn`` (world points [N,3] -> albedo [N,3], or a dict of material channels with an ``"albedo"``
+    entry) is evaluated once per covered pixel, at the interpolated surface point. ``shade_fn`` (optional)
+    turns that into the pixel colour from the material, the surface points [N,3], the outward normals [N,3],
+    the unit directions towards the camera [N,3] and the pixels' camera indices [N] (lighting, PBR); without
+    it the colour is the albedo.
+    Returns ``rgb`` [B,H,W,3] (the colour over ``background``), ``opacity`` [B,H,W,1], ``normal`` [B,H,W,3]
     (world, outward face normals, 0 in the background), ``albedo`` [B,H,W,3] (0 in the background) and
     ``depth`` [B,H,W,1]. With ``antialiased`` (default) rgb, opacity and normal go through
     :func:`~dream3d.render.raster.antialias`, which is where silhouettes pass gradients to the vertices.
@@ -434,12 +441,20 @@ def render_surface(
     rast = rasterize(clip, faces, H, W)
     mask = rast.mask[..., None]
     pos = interpolate(verts, rast, faces)  # [B,H,W,3]
-    idx = rast.mask.reshape(-1).nonzero().squeeze(1)
-    colour = albedo_fn(pos.reshape(-1, 3).index_select(0, idx)).to(verts)
-    albedo = verts.new_zeros(B * H * W, 3).index_put((idx,), colour).view(B, H, W, 3)
     normal = face_attribute(face_normals(verts, faces), rast)
+    idx = rast.mask.reshape(-1).nonzero().squeeze(1)
+    points = pos.reshape(-1, 3).index_select(0, idx)
+    material = albedo_fn(points)
+    base = (material["albedo"] if isinstance(material, dict) else material).to(verts)
+    colour = base
+    if shade_fn is not None:
+        batch_index = torch.div(idx, H * W, rounding_mode="floor")
+        view = F.normalize(cams.position.to(verts)[batch_index] - points, dim=-1, eps=1e-12)
+        colour = shade_fn(material, points, normal.reshape(-1, 3).index_select(0, idx), view, batch_index).to(verts)
+    albedo = verts.new_zeros(B * H * W, 3).index_put((idx,), base).view(B, H, W, 3)
+    shaded = verts.new_zeros(B * H * W, 3).index_put((idx,), colour).view(B, H, W, 3)
     bg = torch.as_tensor(background, dtype=verts.dtype, device=verts.device).expand(B, H, W, 3)
-    image = torch.cat([torch.where(mask, albedo, bg), normal, mask.to(verts.dtype)], dim=-1)
+    image = torch.cat([torch.where(mask, shaded, bg), normal, mask.to(verts.dtype)], dim=-1)
     if antialiased and faces.shape[0]:
         image = antialias(image, rast, clip, faces, topology=edge_topology(faces))
     return {"rgb": image[..., :3], "normal": image[..., 3:6], "opacity": image[..., 6:], "albedo": albedo,

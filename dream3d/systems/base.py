@@ -31,6 +31,34 @@ def opacity_entropy_loss(opacity: Tensor) -> Tensor:
     return -(o * torch.log(o) + (1 - o) * torch.log(1 - o)).mean()
 
 
+def normal_consistency_loss(verts: Tensor, faces: Tensor) -> Tensor:
+    """Mean 1 - cos between the normals of faces sharing an edge (verts [V,3], faces [F,3]): a smooth surface."""
+    from dream3d.render.raster import edge_topology, face_normals
+
+    if faces.shape[0] == 0:
+        return verts.sum() * 0
+    normals = face_normals(verts, faces.long())  # [F,3]
+    opposite = edge_topology(faces)  # [F,3], -1 on boundary edges
+    face = torch.arange(faces.shape[0], device=faces.device)[:, None].expand_as(opposite)
+    keep = opposite >= 0
+    return (1.0 - (normals[face[keep]] * normals[opposite[keep]]).sum(-1)).mean()
+
+
+def laplacian_loss(verts: Tensor, faces: Tensor) -> Tensor:
+    """Mean squared distance of each vertex from the mean of its edge neighbours (uniform Laplacian)."""
+    if faces.shape[0] == 0:
+        return verts.sum() * 0
+    f = faces.long()
+    a = torch.cat([f[:, 0], f[:, 1], f[:, 2]])
+    b = torch.cat([f[:, 1], f[:, 2], f[:, 0]])
+    src, dst = torch.cat([a, b]), torch.cat([b, a])  # every edge both ways (shared edges counted twice: same mean)
+    total = torch.zeros_like(verts).index_add_(0, src, verts[dst])
+    count = torch.zeros(verts.shape[0], 1, device=verts.device, dtype=verts.dtype).index_add_(
+        0, src, torch.ones(src.shape[0], 1, device=verts.device, dtype=verts.dtype))
+    used = count[:, 0] > 0
+    return (verts[used] - total[used] / count[used]).pow(2).sum(-1).mean()
+
+
 class BaseSystem(pl.LightningModule):
     """A stage: optimises one representation for ``stage_cfg.steps`` steps.
 
@@ -89,6 +117,11 @@ class BaseSystem(pl.LightningModule):
                 total = total + weight * value
         logs["loss"] = float(total.detach())
         return total, logs
+
+    def initialise(self, state: dict[str, Tensor], init_cfg) -> None:
+        """Start from an earlier stage's result (its checkpoint's ``state``, its StageConfig ``init_cfg``). The
+        default loads whatever matches; systems that change representation (NeRF -> mesh) override it."""
+        self.load_state_dict(state, strict=False)
 
     def wants(self, term: str) -> bool:
         """Whether a loss term has a non-zero weight at some step (so it is worth computing)."""

@@ -24,6 +24,17 @@ from dream3d.systems.base import BaseSystem, opacity_entropy_loss, sparsity_loss
 VALIDATION_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 
 
+def choose_shading(r, step: int, gen: torch.Generator) -> str:
+    """DreamFusion's random shading of a training render (``r``: a RendererConfig): albedo only during the first
+    ``ambient_only_steps``, then albedo with probability ``albedo_prob``, else textureless or diffuse."""
+    if step < r.ambient_only_steps:
+        return "albedo"
+    u = float(torch.rand((), generator=gen))
+    if u < r.albedo_prob:
+        return "albedo"
+    return "textureless" if u < r.albedo_prob + (1 - r.albedo_prob) * r.textureless_prob else "diffuse"
+
+
 class Particle(nn.Module):
     """One 3D result of a NeRF stage: the field, its background and its occupancy grid (in the renderer)."""
 
@@ -62,13 +73,7 @@ class NeRFSystem(BaseSystem):
             return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps)
 
     def choose_shading(self, step: int, gen: torch.Generator) -> str:
-        r = self.stage_cfg.renderer
-        if step < r.ambient_only_steps:
-            return "albedo"
-        u = float(torch.rand((), generator=gen))
-        if u < r.albedo_prob:
-            return "albedo"
-        return "textureless" if u < r.albedo_prob + (1 - r.albedo_prob) * r.textureless_prob else "diffuse"
+        return choose_shading(self.stage_cfg.renderer, step, gen)
 
     # particle 0, the single result of a one-particle run (what bench.py and the tests time and inspect)
     @property
