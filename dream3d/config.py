@@ -73,7 +73,7 @@ class NeRFConfig:
 class RendererConfig:
     """Volume rendering (ray marching) settings."""
 
-    backend: str = "auto"  # auto | torch (a nerfacc backend is not wired in yet)
+    backend: str = "auto"  # NeRF stages: auto | torch (nerfacc not wired in); mesh stages: auto | torch | nvdiffrast
     num_samples: int = 64  # samples per ray across the scene box
     occupancy_grid: bool = True
     grid_resolution: int = 32
@@ -493,7 +493,8 @@ def validate(cfg: RunConfig) -> None:
             if getattr(c, key) <= 0:
                 raise ConfigError(f"{p}.camera.{key}: expected a positive integer, got {getattr(c, key)}")
         r = st.renderer
-        _choice(f"{p}.renderer.backend", r.backend, ["auto", "torch"])
+        _choice(f"{p}.renderer.backend", r.backend,
+                ["auto", "torch", "nvdiffrast"] if st.system in MESH_SYSTEMS else ["auto", "torch"])
         _choice(f"{p}.renderer.background", r.background, ["mlp", "solid", "random"])
         if r.num_samples <= 0:
             raise ConfigError(f"{p}.renderer.num_samples: expected a positive integer, got {r.num_samples}")

@@ -102,6 +102,7 @@ class Raster:
     bary: Tensor  # [B,H,W,3] perspective-correct barycentrics (differentiable w.r.t. clip), 0 in background
     depth: Tensor  # [B,H,W] view depth (clip w) of the visible surface (differentiable), 0 in background
     mask: Tensor  # [B,H,W] bool, tri_id >= 0
+    native: Optional[Tensor] = None  # nvdiffrast backend: its own raster output, for its antialias
 
     @property
     def height(self) -> int:
@@ -249,13 +250,39 @@ def _barycentrics(clip: Tensor, faces: Tensor, tri_id: Tensor) -> tuple[Tensor, 
     return bary_img.view(B, H, W, 3), depth_img.view(B, H, W)
 
 
-def rasterize(clip: Tensor, faces: Tensor, height: int, width: int, cull_backfaces: bool = False) -> Raster:
+BACKENDS = ("auto", "torch", "nvdiffrast")
+
+
+def use_nvdiffrast(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` (auto | torch | nvdiffrast) means nvdiffrast for tensors on ``device``. ``auto`` picks
+    it on CUDA when it imports; asking for nvdiffrast where it cannot run is an error."""
+    if backend not in BACKENDS:
+        raise ValueError(f"rasterizer backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
+    if backend == "torch" or device.type != "cuda":
+        if backend == "nvdiffrast":
+            raise ValueError("rasterizer backend nvdiffrast: needs CUDA tensors (this render is on the CPU)")
+        return False
+    from dream3d.render import nvdiffrast_backend
+
+    if backend == "nvdiffrast" and not nvdiffrast_backend.available():
+        raise ValueError("rasterizer backend nvdiffrast: it does not import; pip install "
+                         "git+https://github.com/NVlabs/nvdiffrast, or use backend=torch")
+    return nvdiffrast_backend.available()
+
+
+def rasterize(clip: Tensor, faces: Tensor, height: int, width: int, cull_backfaces: bool = False,
+              backend: str = "auto") -> Raster:
     """Rasterize triangles: clip-space vertices [B,V,4], faces [F,3] int64 -> :class:`Raster` of B x H x W.
 
     Coverage uses pixel centres with an inclusive edge test (a hair of tolerance, so shared edges leave no
     pinholes); the nearest fragment (smallest NDC z) wins, ties going to the lower face index.
     ``cull_backfaces`` drops triangles that are clockwise in NDC (seen from behind, for outward CCW winding).
+    ``backend``: :func:`use_nvdiffrast` decides whether nvdiffrast does the work (CUDA only).
     """
+    if use_nvdiffrast(backend, clip.device):
+        from dream3d.render import nvdiffrast_backend
+
+        return nvdiffrast_backend.rasterize(clip, faces, height, width, cull_backfaces)
     faces = faces.long()
     with torch.no_grad():
         tri_id = _visibility(clip.detach(), faces, height, width, cull_backfaces)
@@ -340,6 +367,12 @@ def antialias(
     first; leave it None when ``color`` already holds the background. ``topology`` is
     :func:`edge_topology(faces) <edge_topology>`, computed here when not given (pass it to save time).
     """
+    if rast.native is not None:  # rasterized by nvdiffrast: its antialias
+        from dream3d.render import nvdiffrast_backend
+
+        if background is not None:
+            color = torch.where(rast.mask[..., None], color, torch.as_tensor(background).to(color).expand_as(color))
+        return nvdiffrast_backend.antialias(color, rast, clip, faces)
     B, H, W, C = color.shape
     faces = faces.long()
     if background is not None:

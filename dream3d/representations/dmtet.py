@@ -422,6 +422,7 @@ ShadeFn = Callable[..., Tensor]  # (material, points [N,3], normal [N,3], view [
 def render_surface(
     verts: Tensor, faces: Tensor, cams, albedo_fn: Callable[[Tensor], Union[Tensor, dict]],
     background: Union[float, Tensor] = 1.0, antialiased: bool = True, shade_fn: Optional[ShadeFn] = None,
+    backend: str = "auto",
 ) -> dict[str, Tensor]:
     """Render a closed, outward-wound mesh whose albedo is a field: verts [M,3], faces [F,3] -> images.
 
@@ -434,11 +435,12 @@ def render_surface(
     (world, outward face normals, 0 in the background), ``albedo`` [B,H,W,3] (0 in the background) and
     ``depth`` [B,H,W,1]. With ``antialiased`` (default) rgb, opacity and normal go through
     :func:`~dream3d.render.raster.antialias`, which is where silhouettes pass gradients to the vertices.
+    ``backend``: the rasterizer (auto | torch | nvdiffrast, see :func:`~dream3d.render.raster.use_nvdiffrast`).
     """
     B, H, W = cams.batch_size, cams.height, cams.width
     faces = faces.long()
     clip = transform(verts, mvp_from_cameras(cams).to(verts))
-    rast = rasterize(clip, faces, H, W)
+    rast = rasterize(clip, faces, H, W, backend=backend)
     mask = rast.mask[..., None]
     pos = interpolate(verts, rast, faces)  # [B,H,W,3]
     normal = face_attribute(face_normals(verts, faces), rast)

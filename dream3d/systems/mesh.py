@@ -195,7 +195,8 @@ class MeshSystem(BaseSystem):
         cams = cams.to(self.device)
         verts, faces = particle.surface(fixed=self.KIND == "texture")
         bg = torch.tensor(self.stage_cfg.mesh.background_color, device=self.device)
-        out = render_surface(verts, faces, cams, particle.colour_field(), bg, True, self.shade_fn(particle, shading, cams))
+        out = render_surface(verts, faces, cams, particle.colour_field(), bg, True, self.shade_fn(particle, shading, cams),
+                             backend=self.stage_cfg.renderer.backend)
         out.update(verts=verts, faces=faces)
         return out
 
