@@ -73,8 +73,9 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path) -> dict:
     row = {"recipe": recipe, "prompt": prompt, "seed": seed, "run": str(run_dir.relative_to(ROOT)) if run_dir.is_relative_to(ROOT) else str(run_dir),
            "total_s": round(time.perf_counter() - start, 1), "peak_rss_mb": summary.get("peak_rss_mb"),
            "export_s": summary.get("export", {}).get("mesh_seconds"), "faces": summary.get("export", {}).get("faces"),
-           "stages": {k: {"wall_s": v.get("wall_s"), "it_per_s": v.get("it_per_s"), "steps": v.get("completed_steps")}
-                      for k, v in summary["stages"].items()},
+           "stages": {k: {"wall_s": v.get("wall_s"), "it_per_s": v.get("it_per_s"), "steps": v.get("completed_steps"),
+                          "init_s": v.get("init_s")} for k, v in summary["stages"].items()},
+           "watertight": summary.get("export", {}).get("watertight"),
            "top_caption": evaluation.get("top_caption")}
     row.update({k: evaluation.get(k) for k in FIGURES})
     return row
@@ -90,17 +91,24 @@ def mean_spread(values: list) -> str:
     return fmt(m) + (f" ± {fmt(spread)}" if len(values) > 1 else "")
 
 
+def _stage_s(stage: dict):
+    """A stage's wall time including its initialisation from the previous stage (NeRF -> DMTet)."""
+    if stage.get("wall_s") is None:
+        return None
+    return stage["wall_s"] + (stage.get("init_s") or 0.0)
+
+
 def table(rows: list[dict]) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["recipe"], r["prompt"]), []).append(r)
     stage_names = list(dict.fromkeys(s for r in rows for s in r["stages"]))
-    cols = ["recipe", "prompt", "seeds"] + [f"{s} s" for s in stage_names] + [f"{s} it/s" for s in stage_names] + \
-        ["peak RSS MB", "export s", *FIGURES, "top caption (seed 0)"]
+    cols = ["recipe", "prompt", "seeds", "fit+export+eval s"] + [f"{s} s" for s in stage_names] + \
+        [f"{s} it/s" for s in stage_names] + ["peak RSS MB", "export s", *FIGURES, "top caption (seed 0)"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for (recipe, prompt), rs in groups.items():
-        cells = [recipe, prompt, str(len(rs))]
-        cells += [mean_spread([r["stages"].get(s, {}).get("wall_s") for r in rs]) for s in stage_names]
+        cells = [recipe, prompt, str(len(rs)), mean_spread([r["total_s"] for r in rs])]
+        cells += [mean_spread([_stage_s(r["stages"].get(s, {})) for r in rs]) for s in stage_names]
         cells += [mean_spread([r["stages"].get(s, {}).get("it_per_s") for r in rs]) for s in stage_names]
         cells += [mean_spread([r["peak_rss_mb"] for r in rs]), mean_spread([r["export_s"] for r in rs])]
         cells += [mean_spread([r[k] for r in rs]) for k in FIGURES]

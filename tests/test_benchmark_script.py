@@ -18,7 +18,8 @@ def benchmark():
 
 def _row(prompt, seed, wall, iou, janus=None):
     return {"recipe": "dreamfusion", "prompt": prompt, "seed": seed, "peak_rss_mb": 1000.0 + seed, "export_s": 20.0,
-            "stages": {"coarse": {"wall_s": wall, "it_per_s": 300 / wall}}, "top_caption": prompt,
+            "total_s": wall + 40.0, "stages": {"coarse": {"wall_s": wall, "it_per_s": 300 / wall, "init_s": None}},
+            "top_caption": prompt,
             "r_precision": 1.0, "object_accuracy": 1.0, "colour_accuracy": 0.5, "iou": iou, "colour_error": 0.1,
             "janus": janus}
 
@@ -36,6 +37,6 @@ def test_table_groups_seeds_per_recipe_and_prompt(benchmark):
     lines = benchmark.table(rows).splitlines()
     assert len(lines) == 4 and "coarse s" in lines[0] and "janus" in lines[0]
     cube, snowman = lines[2].split(" | "), lines[3].split(" | ")
-    assert cube[1] == "a red cube" and cube[2] == "2" and cube[3] == "110 ± 10"
+    assert cube[1] == "a red cube" and cube[2] == "2" and cube[3] == "150 ± 10" and cube[4] == "110 ± 10"
     assert "0.70 ± 0.10" in lines[2] and "n/a" in lines[2]  # IoU over two seeds; no Janus for a cube
     assert snowman[2] == "1" and "0.25" in lines[3]
