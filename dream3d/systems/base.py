@@ -123,6 +123,23 @@ class BaseSystem(pl.LightningModule):
         default loads whatever matches; systems that change representation (NeRF -> mesh) override it."""
         self.load_state_dict(state, strict=False)
 
+    def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """Adam over the non-empty ``groups`` plus, for VSD, the guidance's LoRA and camera embedding."""
+        o = self.stage_cfg.optim
+        if isinstance(self.guidance, torch.nn.Module):
+            groups = groups + self.guidance.parameter_groups()
+        groups = [g for g in groups if g["params"]]
+        try:  # the fused kernel is ~3x faster on CPU (torch >= 2.4)
+            return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps)
+
+    def guidance_terms(self, g: dict[str, Tensor], particles: int) -> dict[str, Tensor]:
+        """The weighted terms of a guidance output. The guidance averages over the batch of all particles'
+        renders: its particle terms (sds, vsd) are scaled back up so each particle gets its own full gradient;
+        the LoRA loss is one model's loss and stays as it is."""
+        return {k: (v * particles if k in ("sds", "vsd") else v) for k, v in g.items() if hasattr(self.stage_cfg.loss, k)}
+
     def wants(self, term: str) -> bool:
         """Whether a loss term has a non-zero weight at some step (so it is worth computing)."""
         return not is_zero(getattr(self.stage_cfg.loss, term))

@@ -160,13 +160,7 @@ class MeshSystem(BaseSystem):
             if p.light is not None:
                 groups.append({"params": [q for q in p.light.parameters() if q.requires_grad], "lr": o.lr_background,
                                "name": f"light{k}"})
-        if isinstance(self.guidance, nn.Module):
-            groups.extend(self.guidance.parameter_groups())
-        groups = [g for g in groups if g["params"]]
-        try:
-            return torch.optim.Adam(groups, betas=tuple(self.stage_cfg.optim.betas), eps=o.eps, fused=True)
-        except (RuntimeError, TypeError):
-            return torch.optim.Adam(groups, betas=tuple(self.stage_cfg.optim.betas), eps=o.eps)
+        return self.make_optimizer(groups)
 
     def shade_fn(self, particle: MeshParticle, shading: str, cams: Cameras):
         """The per-pixel colour of a render: albedo, diffuse / textureless under the cameras' point lights, or
@@ -240,7 +234,7 @@ class MeshSystem(BaseSystem):
             cond, uncond = self.prompts(labels)
             lat = torch.cat(latents) if latents[0] is not None else None
             g = self.guidance(torch.cat(images), cond, uncond, step, generator=gen, cameras=cams_all, latents=lat)
-        terms = {k: (v * n if k in ("sds", "vsd") else v) for k, v in g.items() if hasattr(cfg.loss, k)}
+        terms = self.guidance_terms(g, n)
         terms.update(regs)
         loss, logs = self.weighted_loss(terms, step)
         logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]),

@@ -64,13 +64,7 @@ class NeRFSystem(BaseSystem):
                 groups.append({**g, "name": f"{g.get('name', 'nerf')}{k}"})
             groups.append({"params": list(particle.background.parameters()), "lr": o.lr_background,
                            "name": f"background{k}"})
-        if isinstance(self.guidance, nn.Module):  # VSD: the LoRA model and camera embedding
-            groups.extend(self.guidance.parameter_groups())
-        groups = [g for g in groups if g["params"]]
-        try:  # the fused kernel is ~3x faster on CPU (torch >= 2.4)
-            return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps, fused=True)
-        except (RuntimeError, TypeError):
-            return torch.optim.Adam(groups, betas=tuple(o.betas), eps=o.eps)
+        return self.make_optimizer(groups)
 
     def choose_shading(self, step: int, gen: torch.Generator) -> str:
         return choose_shading(self.stage_cfg.renderer, step, gen)
@@ -120,9 +114,7 @@ class NeRFSystem(BaseSystem):
             cond, uncond = self.prompts(labels)
             rgb = torch.cat([o["rgb"] for o in outs])
             g = self.guidance(rgb, cond, uncond, step, generator=gen, cameras=cams_all)
-        # the guidance averages over the batch of all particles' renders: scale its particle terms back up so
-        # each particle gets its own full gradient (the LoRA loss is one model's loss: left as it is)
-        terms = {k: (v * n if k in ("sds", "vsd") else v) for k, v in g.items() if hasattr(cfg.loss, k)}
+        terms = self.guidance_terms(g, n)
         terms.update(regs)
         loss, logs = self.weighted_loss(terms, step)
         logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]),
