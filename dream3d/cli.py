@@ -1,7 +1,7 @@
 """The ``dream3d`` command: fit, export, render, compare, prior, eval.
 
-    dream3d fit prompt="a pineapple" [recipe=dreamfusion] [key=value ...]
-    dream3d fit resume=outputs/dreamfusion/a-pineapple-20261126-101500
+    dream3d fit prompt="a pineapple" [recipe=magic3d] [key=value ...]
+    dream3d fit resume=outputs/magic3d/a-pineapple-20261126-101500
 
 Errors in the input print one line naming the key and the expected form, and exit with status 2
 before anything is written.
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "fit", help="optimise a 3D object for a prompt", description="Optimise a 3D object for a text prompt.",
         epilog=_fit_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    fit.add_argument("overrides", nargs="*", metavar="key=value", help='e.g. prompt="a pineapple" recipe=dreamfusion seed=1')
+    fit.add_argument("overrides", nargs="*", metavar="key=value", help='e.g. prompt="a pineapple" recipe=magic3d seed=1')
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
     prior = sub.add_parser(
         "prior", help="the shape world and the shipped prior", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Render <run>/export/model.glb (exported first if missing) on a turntable: "
         "<run>/export/turntable[-<mode>].mp4 and .gif.",
         "keys: views=120  fps=30  elevation=15  size=512  mode=rgb|normal|depth|all|volume  format=mp4,gif\n"
-        "      stage=<stage name> (mode=volume renders the NeRF itself instead of the mesh)",
+        "      stage=<stage name> (mode=volume renders the last NeRF stage itself instead of the mesh)",
     )
     run_folder_command(
         sub, "eval", "score a run's mesh against the shape world (classifier R-precision, IoU, Janus)",

@@ -172,7 +172,7 @@ class RunConfig:
     prompt: str = ""
     negative_prompt: str = ""
     view_dependent: bool = True
-    recipe: str = "dreamfusion"
+    recipe: str = "magic3d"  # the default since it beat dreamfusion at a third of the wall time (docs/benchmarks.md)
     prior: str = DEFAULT_PRIOR
     prior_dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     seed: int = 0

@@ -141,7 +141,8 @@ def main() -> int:
     results: dict[str, dict] = {}
     trained = None
     for grid in (True, False):
-        cfg = load_config(["prompt=a red cube", f"prior={prior_path}", f"stages.coarse.renderer.occupancy_grid={grid}"])
+        cfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={prior_path}",
+                           f"stages.coarse.renderer.occupancy_grid={grid}"])
         torch.manual_seed(0)
         system = NeRFSystem(cfg, "coarse", cfg.stages["coarse"], prior)
         if trained is None:
@@ -157,7 +158,8 @@ def main() -> int:
         results[f"render64 {label}"] = bench_render64(system, args.iters)
         results[f"sds32 {label}"] = bench_sds32(system, args.iters)
         for n in (1, 2) if grid else ():
-            vcfg = load_config(["prompt=a red cube", f"prior={prior_path}", "guidance=vsd", f"particles={n}"])
+            vcfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={prior_path}", "guidance=vsd",
+                                f"particles={n}"])
             vsd = NeRFSystem(vcfg, "coarse", vcfg.stages["coarse"], prior)
             for particle in vsd.particles:
                 particle.nerf.load_state_dict(trained)

@@ -9,7 +9,7 @@ from dream3d.config import ConfigError, list_recipes, load_config
 
 
 def base(prior) -> list[str]:
-    return ["prompt=a red cube", f"prior={prior}"]
+    return ["prompt=a red cube", "recipe=dreamfusion", f"prior={prior}"]
 
 
 def test_recipe_and_overrides_merge(latent_prior_dir):
@@ -91,6 +91,8 @@ def test_cli_bad_input_exits_nonzero_and_writes_nothing(tmp_path, capsys, latent
     (run_dir / "keep.txt").write_text("earlier result")
     before = sorted(p.name for p in tmp_path.rglob("*"))
     extra = [] if any(a.startswith("prior=") for a in args) else [f"prior={latent_prior_dir}"]
+    if not any(a.startswith("recipe=") for a in args):
+        extra.append("recipe=dreamfusion")
     code = cli.main(["fit", *args, *extra, f"output_dir={tmp_path / 'out'}", "name=existing"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
@@ -102,7 +104,8 @@ def test_cli_refuses_existing_run_folder(tmp_path, capsys, latent_prior_dir):
     run_dir = tmp_path / "dreamfusion" / "taken"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text("prompt: x\n")
-    code = cli.main(["fit", "prompt=a cube", f"prior={latent_prior_dir}", f"output_dir={tmp_path}", "name=taken"])
+    code = cli.main(["fit", "prompt=a cube", "recipe=dreamfusion", f"prior={latent_prior_dir}", f"output_dir={tmp_path}",
+                     "name=taken"])
     assert code == 2
     assert "already exists" in capsys.readouterr().err
     assert (run_dir / "config.yaml").read_text() == "prompt: x\n"

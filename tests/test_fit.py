@@ -29,7 +29,8 @@ SMALL = [
 
 
 def fit(prior, out, name, *extra) -> tuple[int, Path]:
-    code = cli.main(["fit", "prompt=a red cube", f"prior={prior}", f"output_dir={out}", f"name={name}", "--quiet", *SMALL, *extra])
+    code = cli.main(["fit", "prompt=a red cube", "recipe=dreamfusion", f"prior={prior}", f"output_dir={out}", f"name={name}",
+                     "--quiet", *SMALL, *extra])
     return code, Path(out) / "dreamfusion" / name
 
 
@@ -88,7 +89,7 @@ def test_fit_changes_the_nerf(latent_run, latent_prior_dir, tmp_path):
     from dream3d.config import load_config
     from dream3d.systems.nerf import NeRFSystem
 
-    cfg = load_config(["prompt=a red cube", f"prior={latent_prior_dir}", *SMALL])
+    cfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={latent_prior_dir}", *SMALL])
     import pytorch_lightning as pl
 
     pl.seed_everything(0, verbose=False)
@@ -138,7 +139,7 @@ def test_real_ctrl_c_saves_a_checkpoint(latent_prior_dir, tmp_path):
     run = tmp_path / "dreamfusion" / "sigint"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dream3d.cli", "fit", "prompt=a red cube", f"prior={latent_prior_dir}",
+        [sys.executable, "-m", "dream3d.cli", "fit", "prompt=a red cube", "recipe=dreamfusion", f"prior={latent_prior_dir}",
          f"output_dir={tmp_path}", "name=sigint", "--quiet", *SMALL, "stages.coarse.steps=2000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )
@@ -170,7 +171,7 @@ def test_stage_initialised_from_previous_stage(latent_prior_dir, tmp_path):
     recipe.stages.fine = OmegaConf.merge(recipe.stages.coarse, {"init": "coarse", "steps": 2})
     small = [s.replace("stages.coarse.", f"stages.{st}.") for st in ("coarse", "fine") for s in SMALL]
     frozen = [f"stages.fine.optim.{k}=0.0" for k in ("lr_encoding", "lr_network", "lr_background")]
-    cfg = load_config(["prompt=a red cube", f"prior={latent_prior_dir}", *small, "stages.coarse.steps=5",
+    cfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={latent_prior_dir}", *small, "stages.coarse.steps=5",
                        "stages.fine.steps=2", *frozen], base=recipe)
     run = tmp_path / "two-stage"
     summary = run_fit(cfg, run, show_progress=False)
@@ -187,7 +188,8 @@ def test_broken_prior_folder_fails_with_one_line(tmp_path, capsys):
     prior = tmp_path / "broken"
     (prior / "unet").mkdir(parents=True)
     (prior / "model_index.json").write_text("{}")
-    code = cli.main(["fit", "prompt=a cube", f"prior={prior}", f"output_dir={tmp_path}", "name=b", "--quiet"])
+    code = cli.main(["fit", "prompt=a cube", "recipe=dreamfusion", f"prior={prior}", f"output_dir={tmp_path}", "name=b",
+                     "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("dream3d: error: prior: cannot load")
     assert json.loads((tmp_path / "dreamfusion" / "b" / "summary.json").read_text())["status"] == "failed"

@@ -128,3 +128,11 @@ def test_fit_summary_records_the_watertight_mesh(magic3d_run):
     run, _ = magic3d_run
     summary = json.loads((run / "summary.json").read_text())
     assert summary["export"]["particle_watertight"] == [True]
+
+
+def test_volume_turntable_of_a_mesh_recipe_renders_its_nerf_stage(magic3d_run):
+    from dream3d.export.run import render_run
+
+    run, _ = magic3d_run
+    paths = render_run(run, views=2, size=16, mode="volume", formats=("gif",), log=lambda _: None)
+    assert paths["gif"].stat().st_size > 0

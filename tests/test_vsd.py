@@ -192,8 +192,8 @@ def test_two_particles_from_one_seed_differ(latent_prior_dir, tmp_path):
 
 
 def test_guidance_shorthand_sets_the_paper_scale_and_bad_values_fail(latent_prior_dir):
-    base = ["prompt=a red cube", f"prior={latent_prior_dir}"]
-    cfg = load_config([*base, "guidance=vsd"])  # on the dreamfusion recipe
+    base = ["prompt=a red cube", f"prior={latent_prior_dir}", "recipe=dreamfusion"]
+    cfg = load_config([*base, "guidance=vsd"])
     assert cfg.stages["coarse"].guidance.name == "vsd" and cfg.stages["coarse"].guidance.guidance_scale == 7.5
     cfg = load_config([*base, "guidance=vsd", "stages.coarse.guidance.guidance_scale=20"])
     assert cfg.stages["coarse"].guidance.guidance_scale == 20

@@ -178,6 +178,20 @@ def export_run(
     return first
 
 
+def _last_nerf_stage(run_dir: Path) -> Optional[str]:
+    """The last NeRF stage with a checkpoint (what ``mode=volume`` renders by default), or None."""
+    from dream3d.config import MESH_SYSTEMS, ConfigError, load_run_config
+
+    try:
+        stages = load_run_config(run_dir).stages
+    except ConfigError:
+        return None
+    for name in reversed(list(stages)):
+        if stages[name].system not in MESH_SYSTEMS and (run_dir / "ckpts" / name / "last.ckpt").is_file():
+            return name
+    return None
+
+
 def _bake_mesh_particle(particle, stage_cfg, texture_size: int, max_faces: Optional[int]):
     """A mesh stage's particle -> (TexturedMesh, watertight): its marching-tets surface, textured with its
     albedo (a geometry-only stage: flat grey), PBR stages with their mean roughness and metallic."""
@@ -230,7 +244,7 @@ def render_run(
     t0 = time.perf_counter()
     written: list[dict[str, Path]] = []  # per particle
     if mode == "volume":
-        loaded = load_stage(run_dir, stage)
+        loaded = load_stage(run_dir, stage or _last_nerf_stage(run_dir))
         if loaded.is_mesh:
             raise ExportError(f"mode=volume: stage '{loaded.name}' is a mesh stage; volume renders are for NeRF "
                               "stages (pass stage=<a NeRF stage> or another mode)")
