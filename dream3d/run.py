@@ -97,13 +97,12 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
         ckpt = run_dir / "ckpts" / name / "last.ckpt"
         pl.seed_everything(cfg.seed, verbose=False)
         system = resolve(SYSTEMS, stage.system, "system")(cfg, name, stage, prior, run_dir)
-        t_init = time.perf_counter()
-        if stage.init is not None:
+        if stage.init is not None and not ckpt.is_file():  # a resumed stage restores its own checkpoint instead
+            t_init = time.perf_counter()
             init_ckpt = run_dir / "ckpts" / stage.init / "last.ckpt"
             state = torch.load(init_ckpt, map_location="cpu", weights_only=False)["state_dict"]
-            if not ckpt.is_file():  # a resumed stage restores its own checkpoint instead
-                system.initialise(state, cfg.stages[stage.init])
-                record["init_s"] = round(time.perf_counter() - t_init, 2)  # e.g. NeRF -> DMTet conversion
+            system.initialise(state, cfg.stages[stage.init])
+            record["init_s"] = round(time.perf_counter() - t_init, 2)  # e.g. NeRF -> DMTet conversion
         callback = StageCallback(ckpt, stage.steps, show_progress)
         trainer = pl.Trainer(
             max_steps=stage.steps, max_epochs=-1, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,

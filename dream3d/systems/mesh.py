@@ -211,13 +211,14 @@ class MeshSystem(BaseSystem):
         gen = self.step_generator(step)
         cfg = self.stage_cfg
         n = len(self.particles)
-        cams, images, latents, regs = [], [], [], {}
+        cams, images, latents, faces, regs = [], [], [], [], {}
         for particle in self.particles:
             cam = sample_cameras(cfg.camera, gen)
             shading = choose_shading(cfg.renderer, step, gen) if self.KIND == "refine" else "albedo"
             with self.timed("render"):
                 out = self.render(particle, cam, shading)
             image, lat = self.scored_image(out, step)
+            faces.append(out["faces"].shape[0])
             images.append(image)
             latents.append(lat)
             cams.append(cam)
@@ -237,9 +238,7 @@ class MeshSystem(BaseSystem):
         terms = self.guidance_terms(g, n)
         terms.update(regs)
         loss, logs = self.weighted_loss(terms, step)
-        logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]),
-                    faces=sum(float(p.surface(self.KIND == "texture")[1].shape[0]) for p in self.particles) / n
-                    if self.KIND == "texture" else float(out["faces"].shape[0]))
+        logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]), faces=sum(faces) / n)
         self.record(logs)
         return loss
 

@@ -66,9 +66,6 @@ class NeRFSystem(BaseSystem):
                            "name": f"background{k}"})
         return self.make_optimizer(groups)
 
-    def choose_shading(self, step: int, gen: torch.Generator) -> str:
-        return choose_shading(self.stage_cfg.renderer, step, gen)
-
     # particle 0, the single result of a one-particle run (what bench.py and the tests time and inspect)
     @property
     def nerf(self) -> NeRF:
@@ -98,7 +95,7 @@ class NeRFSystem(BaseSystem):
             if occ is not None:
                 occupied.append(occ)
             cam = sample_cameras(cfg.camera, gen)
-            shading = self.choose_shading(step, gen)
+            shading = choose_shading(cfg.renderer, step, gen)
             bg_color = torch.rand(3, generator=gen).to(self.device) if cfg.renderer.background == "random" else None
             with_normals = shading != "albedo" or self.wants("orient")
             with self.timed("render"):
