@@ -10,16 +10,19 @@ before anything is written.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from dream3d import __version__
+from dream3d.errors import fault_point, signal_exit_code
 
 
 def _fit_epilog() -> str:
     from dream3d.config import list_recipes, main_keys
 
-    lines = ["recipes: " + ", ".join(list_recipes()), "", "main keys (key=value):"]
+    lines = ["recipes: " + ", ".join(list_recipes()) + " (configs/), or recipe=<your recipe>.yaml", "",
+             "main keys (key=value; text keys such as prompt and name are taken literally):"]
     lines += [f"  {k:<20} {d}" for k, d in main_keys()]
     lines += [
         "",
@@ -109,38 +112,58 @@ def _error(msg: str, code: int = 2) -> int:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from dream3d.config import ConfigError, load_config, load_stored, parse_overrides
+    from dream3d.config import ConfigError, load_config, load_stored, parse_overrides, stored_config_error
+    from dream3d.rundir import RunFolder
 
     try:
+        fault_point("startup")
         overrides = parse_overrides(args.overrides)
         resume = overrides.pop("resume", None)
         if resume is not None:
-            run_dir = Path(resume)
+            run_dir = RunFolder(resume).require().path
             stored = load_stored(run_dir / "config.yaml")
-            cfg = load_config(overrides, base=stored)
+            try:
+                cfg = load_config(overrides, base=stored)
+            except ConfigError as exc:
+                if "command line" in str(exc):
+                    raise
+                raise stored_config_error(run_dir / "config.yaml", exc) from None
         else:
             cfg = load_config(overrides)
             from dream3d.run import new_run_dir
 
             run_dir = new_run_dir(cfg)
-    except (ConfigError, FileExistsError) as exc:
+    except FileExistsError as exc:
         return _error(str(exc))
+    except KeyboardInterrupt as exc:
+        return _error(f"{_signal_name(exc)} before the run folder was made; nothing was written",
+                      signal_exit_code(exc))
 
-    from dream3d.prior import PriorError
-    from dream3d.run import RunInterrupted, fit
+    from dream3d.run import fit
 
     print(f"dream3d: run folder {run_dir}", file=sys.stderr)
     try:
         summary = fit(cfg, run_dir, show_progress=not args.quiet, resume=resume is not None)
-    except RunInterrupted as exc:
-        return _error(str(exc), 130)
-    except PriorError as exc:
-        return _error(str(exc), 1)
+    except KeyboardInterrupt as exc:
+        if (run_dir / "config.yaml").is_file():
+            return _error(f"{_signal_name(exc)}; continue with: dream3d fit resume={run_dir}", signal_exit_code(exc))
+        return _error(f"{_signal_name(exc)} before the run folder was made; nothing was written",
+                      signal_exit_code(exc))
     for name, st in summary["stages"].items():
-        print(f"stage {name}: {st.get('completed_steps')} steps, {st.get('wall_s')} s, {st.get('it_per_s')} it/s,"
-              f" final loss {st.get('final', {}).get('loss', float('nan')):.4g}")
+        line = f"stage {name}: {st.get('completed_steps')} steps, {st.get('wall_s')} s"
+        if st.get("run_steps") is not None and st.get("run_steps") != st.get("completed_steps"):
+            line += f" in all (this run: {st['run_steps']} steps in {st.get('run_wall_s')} s, {st.get('it_per_s')} it/s)"
+        elif st.get("run_steps"):
+            line += f", {st.get('it_per_s')} it/s"
+        print(line + f", final loss {st.get('final', {}).get('loss', float('nan')):.4g}")
     print(f"done: {run_dir} (validation grids in stages/*/val/, summary.json)")
     return 0
+
+
+def _signal_name(exc: BaseException) -> str:
+    from dream3d.errors import Terminated
+
+    return "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
 
 
 def cmd_prior(args: argparse.Namespace) -> int:
@@ -266,7 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     except PriorError as exc:
         return _error(str(exc), 1)
     except RunInterrupted as exc:
-        return _error(f"{exc}; or rerun the same dream3d compare command with out=<its folder>", 130)
+        return _error(f"{exc}; or rerun the same dream3d compare command with out=<its folder>", exc.exit_code)
     for label, fig in summary["runs"].items():
         print(f"{label}: " + ", ".join(f"{k} {fig.get(k)}" for k in ("wall_s", "it_per_s", "saturation",
                                                                      "true_saturation", "r_precision", "diversity")))
@@ -275,6 +298,32 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: every error a user can cause ends in one line (``dream3d: error: ...``) and a non-zero
+    exit code: 2 bad input, 1 a failed run or a system error (disk full, permission), 130 Ctrl-C, 143 SIGTERM.
+    ``DREAM3D_DEBUG=1`` shows the traceback of an unexpected error."""
+    from dream3d.errors import Dream3DError, install_signal_handlers
+    from dream3d.logs import quiet_libraries
+
+    install_signal_handlers()
+    quiet_libraries()
+    try:
+        return _main(argv)
+    except Dream3DError as exc:
+        return _error(str(exc), exc.exit_code)
+    except KeyboardInterrupt as exc:
+        return _error(_signal_name(exc), signal_exit_code(exc))
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}", 1)
+    except Exception as exc:  # a bug: one line, the traceback on request
+        if os.environ.get("DREAM3D_DEBUG"):
+            raise
+        text = str(exc).strip().splitlines()
+        return _error(f"unexpected {type(exc).__name__}: {text[0] if text else ''} (DREAM3D_DEBUG=1 shows the "
+                      "traceback)", 1)
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv:

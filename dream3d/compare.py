@@ -15,19 +15,19 @@ finished runs are kept, an interrupted one resumes from its checkpoint.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from dream3d.config import ConfigError, load_config, load_stored
+from dream3d.config import ConfigError, load_config, load_run_config, load_stored
+from dream3d.errors import Dream3DError
 
 RECIPES = {"sds": "dreamfusion", "vsd": "prolificdreamer"}
 DEFAULTS = {"prompt": "", "seed": 0, "budget": 600, "particles": 2, "out": "", "prior": "", "views": 16,
             "video_views": 60, "video_size": 256, "texture_size": 512, "mesh_resolution": 128}
 
 
-class CompareError(ValueError):
+class CompareError(Dream3DError, ValueError):
     """Bad compare input: one line naming the key or folder."""
 
 
@@ -39,18 +39,17 @@ def default_out(prompt: str, output_dir: str = "outputs") -> Path:
 
 def run_label(run_dir: Path) -> str:
     """``"vsd, CFG 7.5"`` from a run's stored config (the last stage's guidance)."""
-    cfg = load_stored(run_dir / "config.yaml")
+    cfg = load_run_config(run_dir)
     stage = list(cfg.stages.values())[-1]
-    particles = int(cfg.get("particles", 1))
+    particles = int(cfg.particles)
     return (f"{stage.guidance.name}, CFG {stage.guidance.guidance_scale:g}"
             + (f", {particles} particles" if particles > 1 else ""))
 
 
 def _done(run_dir: Path) -> bool:
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return False
-    summary = json.loads(path.read_text())
+    from dream3d.rundir import RunFolder
+
+    summary = RunFolder(run_dir).read_summary()
     return summary.get("status") == "done" and (run_dir / "export" / "model.glb").is_file()
 
 
@@ -106,7 +105,7 @@ def compare(values: dict, runs: Optional[list[str]] = None, log: Callable[[str],
                 raise CompareError(f"{folder}: not a dream3d run folder (no config.yaml)")
         if values["prompt"]:
             raise CompareError("prompt: give either a prompt (to fit two runs) or two run folders, not both")
-        prompt = str(load_stored(folders[0] / "config.yaml").prompt)
+        prompt = load_run_config(folders[0]).prompt
         out = Path(values["out"]) if values["out"] else default_out(prompt)
         labelled = {}
         for folder in folders:

@@ -12,14 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from dream3d.errors import Dream3DError
 from dream3d.fields.encoding import HashGridConfig
 from dream3d.representations.dmtet import DMTetConfig
 
@@ -28,7 +32,7 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 DEFAULT_PRIOR = "assets/priors/shapeworld"
 
 
-class ConfigError(ValueError):
+class ConfigError(Dream3DError, ValueError):
     """A one-line, user-facing configuration error."""
 
 
@@ -171,6 +175,7 @@ class RunConfig:
 
     prompt: str = ""
     negative_prompt: str = ""
+    threads: int = 0  # torch CPU threads; 0: $OMP_NUM_THREADS if set, else every core
     view_dependent: bool = True
     recipe: str = "magic3d"  # the default since it beat dreamfusion at a third of the wall time (docs/benchmarks.md)
     prior: str = DEFAULT_PRIOR
@@ -199,8 +204,9 @@ def list_recipes() -> list[str]:
 KEY_HELP = {
     "prompt": "what to make, e.g. \"a pineapple\" (required)",
     "negative_prompt": "what to steer away from (the unconditional prompt of CFG)",
+    "threads": "torch CPU threads (0: $OMP_NUM_THREADS if set, else every core; 1 when several fits share the machine)",
     "view_dependent": "append \", front/side/back/overhead view\" to the prompt per camera",
-    "recipe": "stage recipe from configs/",
+    "recipe": "stage recipe: a name from configs/ or a recipe .yaml file",
     "prior": "diffusers text-to-image folder or hub id",
     "prior_dtype": "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16",
     "seed": "random seed; a run is reproducible from it on the same machine",
@@ -242,18 +248,10 @@ def _schema_keys(node: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _close(key: str, candidates: list[str]) -> str:
-    leaf = key.rsplit(".", 1)[-1]
-    leaves = sorted({c.rsplit(".", 1)[-1] for c in candidates})
-    hits = difflib.get_close_matches(leaf, leaves, n=3, cutoff=0.6)
-    return f" (did you mean {', '.join(repr(h) for h in hits)}?)" if hits else ""
-
-
 def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
     full_key = getattr(exc, "full_key", None) or "?"
     if isinstance(exc, ConfigKeyError):
-        leaf_schema = _schema_keys(StageConfig()) if full_key.startswith("stages.") else _schema_keys(RunConfig())
-        return ConfigError(f"unknown key '{full_key}' in {source}{_close(full_key, leaf_schema)}")
+        return ConfigError(f"unknown key '{full_key}' in {source}{_hint(full_key)}")
     if isinstance(exc, ValidationError):
         msg = str(exc).splitlines()[0]
         m = re.search(r"could not be converted to (\w+)", msg) or re.search(r"is not a valid (\w+)", msg)
@@ -262,6 +260,183 @@ def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
         got = f" got {value.group(1)!r}" if value else ""
         return ConfigError(f"{full_key}: expected {expected},{got} (in {source})")
     return ConfigError(f"{full_key}: {str(exc).splitlines()[0]} (in {source})")
+
+
+# ------------------------------------------------------------------------------------- key types
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _field_type(key: str) -> Any:
+    """The declared type of a dotted key (``prompt``, ``stages.<name>.guidance.t_max``); a dataclass for a
+    section; None for an unknown key."""
+    parts = key.split(".")
+    cls: Any = RunConfig
+    if parts[0] == "stages" and len(parts) >= 2:
+        cls, parts = StageConfig, parts[2:]
+        if not parts:
+            return StageConfig
+    for i, part in enumerate(parts):
+        hints = _hints(cls)
+        if part not in hints:
+            return None
+        kind = hints[part]
+        if i == len(parts) - 1:
+            return kind
+        if not dataclasses.is_dataclass(kind):
+            return None
+        cls = kind
+    return cls
+
+
+def _is_text(kind: Any) -> bool:
+    """str and Optional[str] keys hold text: taken literally, never parsed as YAML or interpolated."""
+    return kind is str or kind == Optional[str]
+
+
+def _hint(key: str) -> str:
+    """' (did you mean ...?)' for an unknown dotted key, or ''."""
+    parts = key.split(".")
+    if parts[0] != "stages" and _field_type(parts[0]) is None and parts[0] in _hints(StageConfig):
+        stage_key = _close_in(StageConfig, parts[1:], prefix=parts[0]) if len(parts) > 1 else parts[0]
+        return f" (per-stage keys go under stages.<stage>: did you mean 'stages.<stage>.{stage_key}'?)"
+    section = _field_type(".".join(parts[:-1])) if len(parts) > 1 else RunConfig
+    if parts[0] == "stages" and len(parts) == 3:
+        section = StageConfig
+    if not dataclasses.is_dataclass(section):
+        return ""
+    names = list(_hints(section))
+    leaf = parts[-1]
+    hits = [n for n in names if n.startswith(leaf)] if len(leaf) >= 2 else []
+    hits = hits or difflib.get_close_matches(leaf, names, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(h) for h in hits[:3])}?)" if hits else ""
+
+
+def _close_in(cls: Any, parts: list[str], prefix: str) -> str:
+    """The closest real key under ``prefix`` of section ``cls`` (for the per-stage hint)."""
+    section = _hints(cls).get(prefix)
+    if not dataclasses.is_dataclass(section) or len(parts) != 1:
+        return ".".join([prefix, *parts])
+    names = list(_hints(section))
+    hits = [n for n in names if n.startswith(parts[0])] or difflib.get_close_matches(parts[0], names, n=1, cutoff=0.5)
+    return f"{prefix}.{hits[0] if hits else parts[0]}"
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def _number(text: str) -> Optional[float]:
+    """'3' -> 3, '1e3' -> 1000.0, 'nan' -> nan (validation names it), anything else -> None."""
+    try:
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else float(text)
+    except ValueError:
+        return None
+
+
+def _typed(key: str, raw: str, kind: Any) -> Any:
+    """A command-line value for a non-text key, typed by the schema (no YAML comments, no interpolation)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    optional = origin is typing.Union and type(None) in args
+    if optional:
+        if raw.strip().lower() in ("null", "none", "~"):
+            return None
+        kind = next(a for a in args if a is not type(None))
+    text = raw.strip()
+    if kind is bool:
+        if text.lower() not in _BOOL_WORDS:
+            raise ConfigError(f"{key}: expected bool (true or false), got {raw!r}")
+        return _BOOL_WORDS[text.lower()]
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected integer, got {raw!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"{key}: expected float, got {raw!r}") from None
+    number = _number(text)  # numbers, schedules and lists: a number, or a list of numbers
+    if number is not None:
+        return number
+    if text.startswith("[") and text.endswith("]"):
+        items = [_number(item.strip()) for item in text[1:-1].split(",")] if text[1:-1].strip() else []
+        if all(item is not None for item in items):
+            return items
+    if "${" in text:
+        raise ConfigError(f"{key}: expected a number or a list, got {raw!r} (interpolation is not supported)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{key}: expected a number or a list like [0, 10, 1000, 5000], got {raw!r}") from None
+    return value
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[parts[-1]] = value
+
+
+def _split_text(tree: Any, source: str, prefix: str = "") -> tuple[dict, dict[str, Any]]:
+    """A YAML mapping (a recipe or a stored run config) -> (its typed part for OmegaConf, its text values by
+    dotted key). Text never passes through OmegaConf, so '${...}' in a prompt stays literal; a '${'
+    interpolation in a typed value is refused."""
+    if not isinstance(tree, dict):
+        where = f"'{prefix[:-1]}'" if prefix else "the top level"
+        raise ConfigError(f"{source}: expected a mapping of keys at {where}, got {type(tree).__name__}")
+    typed: dict = {}
+    text: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        kind = _field_type(key)
+        if kind is None:
+            raise ConfigError(f"unknown key '{key}' in {source}{_hint(key)}")
+        if dataclasses.is_dataclass(kind) or key == "stages":
+            if v is None:
+                continue
+            sub_typed, sub_text = _split_text(v, source, key + ".") if key != "stages" else _split_stages(v, source)
+            typed[k] = sub_typed
+            text.update(sub_text)
+        elif _is_text(kind):
+            if isinstance(v, (dict, list)):
+                raise ConfigError(f"{key}: expected text, got a {type(v).__name__} (in {source})")
+            text[key] = v if v is None or isinstance(v, str) else str(v)
+        else:
+            if isinstance(v, str) and "${" in v:
+                raise ConfigError(f"{key}: interpolation is not supported, got {v!r} (in {source})")
+            typed[k] = v
+    return typed, text
+
+
+def _split_stages(stages: Any, source: str) -> tuple[dict, dict[str, Any]]:
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{source}: expected a mapping of stages under 'stages', got {type(stages).__name__}")
+    typed, text = {}, {}
+    for name, stage in stages.items():
+        sub_typed, sub_text = _split_text(stage if stage is not None else {}, source, f"stages.{name}.")
+        typed[name], _ = sub_typed, text.update(sub_text)
+    return typed, text
+
+
+def _apply_text(cfg: RunConfig, text: dict[str, Any]) -> None:
+    for key, value in text.items():
+        parts = key.split(".")
+        node: Any = cfg
+        if parts[0] == "stages":
+            node, parts = cfg.stages[parts[1]], parts[2:]
+        for part in parts[:-1]:
+            node = getattr(node, part)
+        kind = _field_type(key)
+        if value is None and kind is str:
+            raise ConfigError(f"{key}: expected text, got null")
+        setattr(node, parts[-1], value)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -295,6 +470,8 @@ def typed_values(kv: dict[str, str], defaults: dict[str, Any], command: str) -> 
                 values[key] = kind(raw)
         except ValueError:
             raise ConfigError(f"{key}: expected {kind.__name__}, got '{raw}'") from None
+        if kind is float and not math.isfinite(values[key]):
+            raise ConfigError(f"{key}: expected a finite number, got '{raw}'")
     return values
 
 
@@ -305,31 +482,78 @@ def _merge(base: DictConfig, updates: Any, source: str) -> DictConfig:
         raise _one_line(exc, source) from None
 
 
-def load_config(args: list[str] | dict[str, str], base: Optional[DictConfig] = None) -> RunConfig:
-    """Merge schema <- recipe YAML (or ``base``, a stored run config) <- overrides; validate; return."""
+def read_yaml(path: Path, what: str) -> dict:
+    """A YAML mapping from ``path`` (safe loader: plain data only), or a one-line ConfigError naming the file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected {what} in YAML)") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where} (expected {what})") from None
+    if data is None:
+        raise ConfigError(f"{path}: empty (expected {what})")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected {what} (a mapping of keys), got a {type(data).__name__}")
+    return data
+
+
+def recipe_path(recipe: str) -> Path:
+    """A recipe name from configs/ or an explicit ``.yaml`` file -> its file; one-line ConfigError otherwise."""
+    if "/" in recipe and not recipe.endswith((".yaml", ".yml")):
+        raise ConfigError(f"recipe: expected a recipe name from configs/ or a .yaml file, got '{recipe}'")
+    if recipe.endswith((".yaml", ".yml")):
+        path = Path(recipe).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"recipe: file '{recipe}' not found (expected a recipe name from configs/ or a "
+                              ".yaml file)")
+        return path
+    path = CONFIG_DIR / f"{recipe}.yaml"
+    if not re.fullmatch(r"[A-Za-z0-9][\w-]*", recipe) or not path.is_file():
+        recipes = list_recipes()
+        hint = difflib.get_close_matches(recipe, recipes, n=1)
+        raise ConfigError(
+            f"recipe: unknown recipe '{recipe}'; expected one of {', '.join(recipes)} or a .yaml file"
+            + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        )
+    return path
+
+
+def recipe_name(recipe: str) -> str:
+    """The folder name of a recipe: its name, or a recipe file's stem made safe (run folders stay under
+    output_dir)."""
+    stem = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) or "/" in recipe else recipe
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "recipe"
+
+
+def load_config(args: list[str] | dict[str, str], base: Optional[Any] = None) -> RunConfig:
+    """Merge schema <- recipe YAML (or ``base``, a stored run config mapping) <- overrides; validate; return.
+
+    Text keys (prompt, negative_prompt, name, paths, choices) are taken literally from the command line and
+    from files; typed keys are typed by the schema. Nothing is interpolated."""
     overrides = parse_overrides(args) if isinstance(args, list) else dict(args)
     schema = OmegaConf.structured(RunConfig)
+    if isinstance(base, DictConfig):
+        base = OmegaConf.to_container(base, resolve=False)
     if base is None:
         recipe = overrides.get("recipe", RunConfig.recipe)
-        path = CONFIG_DIR / f"{recipe}.yaml"
-        if not path.is_file():
-            recipes = list_recipes()
-            hint = difflib.get_close_matches(recipe, recipes, n=1)
-            raise ConfigError(
-                f"recipe: unknown recipe '{recipe}'; expected one of {', '.join(recipes)}"
-                + (f" (did you mean '{hint[0]}'?)" if hint else "")
-            )
-        try:
-            recipe_cfg = OmegaConf.load(path)
-        except Exception as exc:  # yaml syntax
-            raise ConfigError(f"recipe file {path}: {str(exc).splitlines()[0]}") from None
-        stage_names = list((recipe_cfg.get("stages") or {}).keys())
-        cfg = _merge(schema, recipe_cfg, f"recipe {path.name}")
-        cfg.recipe = recipe
+        path = recipe_path(recipe)
+        tree = read_yaml(path, "a recipe")
+        source = f"recipe {path.name}"
+        tree.pop("recipe", None)
     else:
-        stage_names = list(base.stages.keys())
-        cfg = _merge(schema, base, "stored run config")
-    for key in overrides:
+        tree, source = dict(base), "stored run config"
+    typed_tree, text = _split_text(tree, source)
+    stage_names = list((typed_tree.get("stages") or {}).keys())
+    cfg = _merge(schema, typed_tree, source)
+    cli_typed: dict = {}
+    cli_text: dict[str, Any] = {}
+    for key, raw in overrides.items():
         if key.startswith("stages."):
             parts = key.split(".")
             if len(parts) < 3 or parts[1] not in stage_names:
@@ -337,13 +561,22 @@ def load_config(args: list[str] | dict[str, str], base: Optional[DictConfig] = N
                     f"unknown key '{key}': recipe '{cfg.recipe}' has stages {', '.join(stage_names)};"
                     " expected stages.<stage>.<key>=value"
                 )
-    dot = [f"{k}={v}" if v.strip() else f"{k}=''" for k, v in overrides.items()]  # keep "" a string, not null
+        kind = _field_type(key)
+        if kind is None or dataclasses.is_dataclass(kind) or key == "stages":
+            raise ConfigError(f"unknown key '{key}' in command line{_hint(key)}")
+        if _is_text(kind):
+            cli_text[key] = raw
+        else:
+            _set_dotted(cli_typed, key, _typed(key, raw, kind))
+    cfg = _merge(cfg, cli_typed, "command line")
     try:
-        dotcfg = OmegaConf.from_dotlist(dot)
-    except Exception as exc:
-        raise ConfigError(f"overrides: {str(exc).splitlines()[0]}") from None
-    cfg = _merge(cfg, dotcfg, "command line")
-    run: RunConfig = OmegaConf.to_object(cfg)
+        run: RunConfig = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise _one_line(exc, source) from None
+    _apply_text(run, text)
+    _apply_text(run, cli_text)
+    if base is None:
+        run.recipe = recipe_name(overrides.get("recipe", RunConfig.recipe))
     _apply_shorthands(run, overrides)
     validate(run)
     return run
@@ -361,12 +594,16 @@ def _apply_shorthands(cfg: RunConfig, overrides: dict[str, str]) -> None:
             if "guidance" in overrides and not explicit and cfg.guidance in PAPER_GUIDANCE_SCALE:
                 stage.guidance.guidance_scale = PAPER_GUIDANCE_SCALE[cfg.guidance]
     if cfg.steps is not None and cfg.steps > 0 and cfg.stages:
+        if cfg.steps < len(cfg.stages):
+            raise ConfigError(f"steps: expected at least {len(cfg.stages)} (one per stage of recipe '{cfg.recipe}': "
+                              f"{', '.join(cfg.stages)}), got {cfg.steps}")
         total = sum(s.steps for s in cfg.stages.values()) or 1
         names = list(cfg.stages)
         left = cfg.steps
         for i, name in enumerate(names):
             stage = cfg.stages[name]
-            n = left if i == len(names) - 1 else max(1, round(cfg.steps * stage.steps / total))
+            later = len(names) - i - 1  # every later stage keeps at least one step
+            n = left if i == len(names) - 1 else min(max(1, round(cfg.steps * stage.steps / total)), left - later)
             stage.steps, left = n, left - n
 
 
@@ -401,9 +638,28 @@ def resolve_prior_path(prior: str) -> str:
                 raise ConfigError(f"prior: folder {candidate} has no model_index.json or unet/ (expected a diffusers pipeline folder)")
             return str(candidate.resolve())
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", prior) and not prior.startswith((".", "/", "~")):
+        owner = prior.split("/")[0]
+        if Path(owner).is_dir() or (PROJECT_ROOT / owner).is_dir():  # 'assets/shapewrold': a mistyped local path
+            raise ConfigError(f"prior: folder '{prior}' not found (expected a diffusers pipeline folder)")
+        _check_hub_prior(prior)
         return prior  # a hub id; from_pretrained resolves it (cache or download)
     hint = " (the shape-world prior is not shipped yet: pass prior=<diffusers folder or hub id>)" if prior == DEFAULT_PRIOR else ""
     raise ConfigError(f"prior: folder '{prior}' not found; expected a diffusers pipeline folder or a hub id like stabilityai/stable-diffusion-2-1-base{hint}")
+
+
+def _check_hub_prior(repo: str) -> None:
+    """A hub id must be in the local Hugging Face cache or reachable: asked once, here, rather than by every
+    component's ``from_pretrained`` with its retries."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "model_index.json"), str):
+        return
+    try:
+        hf_hub_download(repo, "model_index.json")
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"prior: '{repo}' is not a local folder, not in the Hugging Face cache, and could not be "
+                          f"fetched ({reason[:160]})") from None
 
 
 MESH_SYSTEMS = ("dmtet", "dmtet-geometry", "mesh-texture")
@@ -436,12 +692,32 @@ def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -
                               f"got {d.resolution}")
 
 
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """Every number in the config (schedules and lists included) is finite: nan and inf name their key."""
+    for f in dataclasses.fields(node):
+        value, key = getattr(node, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, key + ".")
+        elif isinstance(value, dict):
+            for name, sub in value.items():
+                _check_finite(sub, f"{key}.{name}.")
+        else:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                raise ConfigError(f"{key}: expected finite numbers, got {value}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Check values that types alone cannot. Raises ConfigError (one line) on the first problem."""
     from dream3d.registry import GUIDANCES, SYSTEMS
 
     if not cfg.prompt.strip():
         raise ConfigError('prompt: expected a non-empty text, e.g. prompt="a pineapple"')
+    _check_finite(cfg)
+    if not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"seed: expected an integer from 0 to 4294967295, got {cfg.seed}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads: expected 0 (automatic) or a positive integer, got {cfg.threads}")
     if cfg.steps is not None and cfg.steps <= 0:
         raise ConfigError(f"steps: expected a positive integer, got {cfg.steps}")
     if not 1 <= cfg.particles <= 64:
@@ -511,6 +787,16 @@ def validate(cfg: RunConfig) -> None:
         _check_schedule(f"{p}.guidance.t_min", g.t_min)
         _check_schedule(f"{p}.guidance.t_max", g.t_max)
         _check_schedule(f"{p}.guidance.grad_clip", g.grad_clip, allow_none=True)
+        if g.guidance_scale < 0:
+            raise ConfigError(f"{p}.guidance.guidance_scale: expected a number >= 0, got {g.guidance_scale}")
+        o = st.optim
+        for key in ("lr_encoding", "lr_network", "lr_background", "lr_sdf", "lr_deformation"):
+            if getattr(o, key) < 0:
+                raise ConfigError(f"{p}.optim.{key}: expected a learning rate >= 0, got {getattr(o, key)}")
+        if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+            raise ConfigError(f"{p}.optim.betas: expected [beta1, beta2] with each in [0, 1), got {list(o.betas)}")
+        if o.eps <= 0:
+            raise ConfigError(f"{p}.optim.eps: expected a number > 0, got {o.eps}")
         if g.lora_rank < 1 or g.lora_lr <= 0 or g.camera_hidden < 1 or not 0 <= g.camera_dropout < 1:
             raise ConfigError(f"{p}.guidance: expected lora_rank >= 1, lora_lr > 0, camera_hidden >= 1 and "
                               f"0 <= camera_dropout < 1, got {g.lora_rank}, {g.lora_lr}, {g.camera_hidden}, "
@@ -521,17 +807,41 @@ def validate(cfg: RunConfig) -> None:
 
 
 def to_yaml(cfg: RunConfig) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    """The resolved config as plain YAML (text quoted where YAML would retype it; nothing interpolated)."""
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True, width=1000)
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
-    """The stored config of a run folder as a RunConfig, without re-validating it (its prior may be elsewhere now)."""
-    stored = load_stored(Path(run_dir) / "config.yaml")
-    return OmegaConf.to_object(_merge(OmegaConf.structured(RunConfig), stored, "stored run config"))
+    """The stored config of a run folder as a RunConfig, without re-validating it (its prior may be elsewhere
+    now). One-line ConfigError naming the file when it is missing or not a dream3d config."""
+    path = Path(run_dir) / "config.yaml"
+    tree = load_stored(path)
+    try:
+        typed_tree, text = _split_text(tree, "stored run config")
+        cfg = _merge(OmegaConf.structured(RunConfig), typed_tree, "stored run config")
+        try:
+            run: RunConfig = OmegaConf.to_object(cfg)
+        except OmegaConfBaseException as exc:
+            raise _one_line(exc, "stored run config") from None
+        _apply_text(run, text)
+    except ConfigError as exc:
+        raise stored_config_error(path, exc) from None
+    return run
 
 
-def load_stored(path: Path) -> DictConfig:
-    """The resolved config stored in a run folder."""
+def stored_config_error(path: Path, exc: ConfigError) -> ConfigError:
+    """A problem of a stored config.yaml as one line that starts with the file's path."""
+    message = str(exc)
+    if message.startswith(str(path)):
+        return exc
+    message = re.sub(r" \(in stored run config\)| in stored run config", "", message)
+    message = re.sub(r"^stored run config: ", "", message)
+    return ConfigError(f"{path}: {message}")
+
+
+def load_stored(path: Path) -> dict:
+    """The resolved config stored in a run folder, as a plain mapping (read with YAML's safe loader)."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"resume: {path} not found (expected a dream3d run folder with config.yaml)")
-    return OmegaConf.load(path)
+        raise ConfigError(f"{path}: not found (expected a dream3d run folder with config.yaml)")
+    return read_yaml(path, "a dream3d run config")

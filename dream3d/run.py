@@ -1,25 +1,17 @@
-"""Running a recipe: the run folder, the stage loop, resume, and summary.json.
+"""Running a recipe: the stage loop, resume, and summary.json (the run folder itself: :mod:`dream3d.rundir`).
 
-Run folder (stable names)::
-
-    outputs/<recipe>/<prompt-slug>-<YYYYmmdd-HHMMSS>/
-        config.yaml                 fully resolved config (``dream3d fit resume=<folder>`` reads it)
-        ckpts/<stage>/last.ckpt     Lightning checkpoint (trainable state + optimiser + step), atomic
-        stages/<stage>/val/*.png    validation grids
-        stages/<stage>/metrics.csv  per-step losses
-        export/model.glb            the baked, textured mesh (+ model.obj/.mtl/.png, model.ply on request)
-        export/turntable.mp4        turntable of the exported mesh (``dream3d render`` makes more)
-        summary.json                timings, losses, settings, status per stage, export figures
+A run never ends with its summary at "running": Ctrl-C and SIGTERM save a checkpoint and mark it
+"interrupted" (resumable), any other stop marks it "failed" with the reason. A non-finite loss or parameter
+stops the stage at once (:class:`NonFiniteError`) with the last good checkpoint kept, and the next stage never
+starts from it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import platform
 import re
 import signal
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -27,12 +19,24 @@ from pathlib import Path
 import torch
 
 from dream3d.config import RunConfig, to_yaml
-from dream3d.io import write_json, write_text
+from dream3d.errors import Dream3DError, Terminated, fault_point, signal_exit_code
+from dream3d.io import write_text
 from dream3d.registry import SYSTEMS, resolve
+from dream3d.rundir import RunFolder, RunFolderError, check_writable
 
 
-class RunInterrupted(Exception):
-    """Ctrl-C during a stage: the checkpoint was saved; the message says how to resume."""
+class RunInterrupted(Dream3DError):
+    """Ctrl-C or SIGTERM during a stage: the checkpoint was saved; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class RunFailed(Dream3DError):
+    """The run stopped on a failure (a non-finite loss, a failed export): summary.json says "failed"."""
+
+    exit_code = 1
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -41,10 +45,17 @@ def slugify(text: str, max_len: int = 40) -> str:
 
 
 def new_run_dir(cfg: RunConfig) -> Path:
+    """``<output_dir>/<recipe>/<name>``, checked to lie inside the output folder and to be writable."""
     name = cfg.name or f"{slugify(cfg.prompt)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    path = Path(cfg.output_dir) / cfg.recipe / name
+    out = Path(cfg.output_dir)
+    path = out / cfg.recipe / name
+    if not path.resolve().is_relative_to(out.resolve()) or path.resolve() == out.resolve():
+        raise RunFolderError(f"name: run folder {path} would lie outside output_dir {out}")
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"name: {path} is a file, expected a run folder")
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"name: run folder {path} already exists; pass another name= or resume={path}")
+    check_writable(out, "output_dir")
     return path
 
 
@@ -55,55 +66,102 @@ def pick_device(name: str) -> torch.device:
 
 
 def read_summary(run_dir: Path) -> dict:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return RunFolder(run_dir).read_summary()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool = False, prior=None) -> dict:
     """Run (or continue) every stage of ``cfg`` in ``run_dir``. Returns the summary dict.
 
     ``prior``: an already loaded :class:`dream3d.prior.Prior` of ``cfg.prior`` (``dream3d compare`` loads it once
-    for both of its runs); loaded here when None. It is only read, never changed."""
+    for both of its runs); loaded here when None, before the run folder is touched, so a prior that fails to
+    load leaves nothing behind. It is only read, never changed."""
+    from dream3d.prior import load_prior
+    from dream3d.systems.base import peak_rss_mb, set_threads
+
+    set_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    t0 = time.perf_counter()
+    if prior is None:
+        fault_point("prior")
+        prior = load_prior(cfg.prior, device, cfg.prior_dtype)
+    prior_s = round(time.perf_counter() - t0, 2)
+    folder = RunFolder(run_dir)
+    with folder.lock():
+        folder.remove_stale_temps()
+        write_text(folder.config_path, to_yaml(cfg))  # on resume: the stored config with any new overrides
+        summary = folder.read_summary() if resume else {}
+        summary.update(
+            prompt=cfg.prompt, recipe=cfg.recipe, seed=cfg.seed, prior=cfg.prior, device=str(device),
+            torch=torch.__version__, python=platform.python_version(), threads=torch.get_num_threads(),
+            status="running", prior_load_s=prior_s,
+        )
+        summary.pop("error", None)
+        summary.setdefault("stages", {})
+        folder.write_summary(summary)
+        try:
+            _run_stages(cfg, folder, summary, prior, device, show_progress)
+            summary["status"] = "exporting" if cfg.export else "done"
+            summary["wall_s"] = round(sum(s.get("wall_s", 0.0) for s in summary["stages"].values()), 2)
+            summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+            folder.write_summary(summary)
+            if cfg.export:
+                export_outputs(cfg, folder.path, log=print if show_progress else (lambda _: None))
+                summary = folder.read_summary()
+                summary["status"] = "done"
+                folder.write_summary(summary)
+        except BaseException as exc:
+            summary = {**folder.read_summary(), **{k: v for k, v in summary.items() if k not in ("export",)}}
+            for record in summary["stages"].values():
+                if record.get("status") == "running":
+                    record["status"] = "interrupted" if isinstance(exc, (KeyboardInterrupt, RunInterrupted)) \
+                        else "failed"
+            if isinstance(exc, (KeyboardInterrupt, RunInterrupted)):
+                summary["status"] = "interrupted"
+                term = isinstance(exc, Terminated) or getattr(exc, "exit_code", 0) == 143
+                summary["error"] = "SIGTERM" if term else "SIGINT"
+            else:
+                summary["status"] = "failed"
+                summary["error"] = _first_line(exc)
+            summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+            folder.write_summary(summary)
+            raise
+    return folder.read_summary()
+
+
+def _run_stages(cfg: RunConfig, folder: RunFolder, summary: dict, prior, device: torch.device,
+                show_progress: bool) -> None:
     import pytorch_lightning as pl
 
-    from dream3d.prior import load_prior
-    from dream3d.systems.base import StageCallback, StepDataset, peak_rss_mb, set_threads
+    from dream3d.logs import quiet_libraries
+    from dream3d.systems.base import NonFiniteError, StageCallback, StepDataset
 
-    set_threads()
-    device = pick_device(cfg.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", to_yaml(cfg))  # on resume: the stored config with any new overrides
-    summary = read_summary(run_dir) if resume else {}
-    summary.update(
-        prompt=cfg.prompt, recipe=cfg.recipe, seed=cfg.seed, prior=cfg.prior, device=str(device),
-        torch=torch.__version__, python=platform.python_version(), status="running",
-    )
-    summary.setdefault("stages", {})
-    write_json(run_dir / "summary.json", summary)
-
-    t0 = time.perf_counter()
-    try:
-        prior = load_prior(cfg.prior, device, cfg.prior_dtype) if prior is None else prior
-    except Exception as exc:
-        summary.update(status="failed", error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        write_json(run_dir / "summary.json", summary)
-        raise
-    summary["prior_load_s"] = round(time.perf_counter() - t0, 2)
+    quiet_libraries()  # again: importing Lightning set its logger back to INFO
 
     for name, stage in cfg.stages.items():
         record = summary["stages"].get(name, {})
         if record.get("status") == "done":
             continue
-        ckpt = run_dir / "ckpts" / name / "last.ckpt"
+        ckpt = folder.ckpt(name)
         pl.seed_everything(cfg.seed, verbose=False)
-        system = resolve(SYSTEMS, stage.system, "system")(cfg, name, stage, prior, run_dir)
+        system = resolve(SYSTEMS, stage.system, "system")(cfg, name, stage, prior, folder.path)
         if stage.init is not None and not ckpt.is_file():  # a resumed stage restores its own checkpoint instead
+            fault_point("init")
             t_init = time.perf_counter()
-            init_ckpt = run_dir / "ckpts" / stage.init / "last.ckpt"
-            state = torch.load(init_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+            if summary["stages"].get(stage.init, {}).get("status") != "done":
+                raise RunFailed(f"stage '{name}': its init stage '{stage.init}' has not finished")
+            state = folder.load_checkpoint(stage.init)["state_dict"]
             system.initialise(state, cfg.stages[stage.init])
             record["init_s"] = round(time.perf_counter() - t_init, 2)  # e.g. NeRF -> DMTet conversion
-        callback = StageCallback(ckpt, stage.steps, show_progress)
+        if ckpt.is_file():  # resume: check the file with the safe loader first (one line if it is bad)
+            callback_start = folder.load_checkpoint(name).get("global_step", 0)
+        else:
+            callback_start = 0
+        callback = StageCallback(ckpt, stage.steps, show_progress, saved_step=callback_start)
         trainer = pl.Trainer(
             max_steps=stage.steps, max_epochs=-1, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
             logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -111,56 +169,62 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
         )
         loader = torch.utils.data.DataLoader(StepDataset(stage.steps), batch_size=None, shuffle=False)
         record.update(status="running", steps=stage.steps)
+        record.pop("error", None)
         summary["stages"][name] = record
-        write_json(run_dir / "summary.json", summary)
+        folder.write_summary(summary)
         t_stage = time.perf_counter()
         # Steps draw their randomness from (seed, step), so restarting the step dataset mid-epoch is exact.
         warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended.*")
+        failure = None
         try:
-            trainer.fit(system, loader, ckpt_path=str(ckpt) if ckpt.is_file() else None)
+            trainer.fit(system, loader, ckpt_path=str(ckpt) if ckpt.is_file() else None, weights_only=True)
         except SystemExit:
             if not callback.interrupted:
                 raise
+        except NonFiniteError as exc:
+            failure = exc
         finally:
             signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after Ctrl-C
         elapsed = time.perf_counter() - t_stage
         record.update(
             wall_s=round(record.get("wall_s", 0.0) + elapsed, 2),
+            run_wall_s=round(elapsed, 2),
+            run_steps=trainer.global_step - callback.start_step,
             it_per_s=round(callback.iterations_per_second(trainer), 3),
-            completed_steps=trainer.global_step,
+            completed_steps=callback.saved_step if failure is not None else trainer.global_step,
             final=system.last_metrics,
-            checkpoint=str(ckpt.relative_to(run_dir)),
+            checkpoint=str(ckpt.relative_to(folder.path)),
         )
+        if failure is not None:
+            record.update(status="failed", error=str(failure))
+            folder.write_summary(summary)
+            kept = f"the last good checkpoint ({ckpt}, step {callback.saved_step}) is kept" if ckpt.is_file() else \
+                "no checkpoint had been written yet"
+            raise RunFailed(f"{failure}; {kept}; no later stage ran") from None
         if callback.interrupted:
             record["status"] = "interrupted"
-            summary["status"] = "interrupted"
-            summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
-            write_json(run_dir / "summary.json", summary)
+            folder.write_summary(summary)
+            how = "SIGTERM" if isinstance(callback.exception, Terminated) else "interrupted"
             raise RunInterrupted(
-                f"interrupted at step {trainer.global_step}/{stage.steps} of stage '{name}'; checkpoint saved;"
-                f" continue with: dream3d fit resume={run_dir}"
+                f"{how} at step {trainer.global_step}/{stage.steps} of stage '{name}'; checkpoint saved;"
+                f" continue with: dream3d fit resume={folder.path}", signal_exit_code(callback.exception)
             )
         record["status"] = "done"
-        write_json(run_dir / "summary.json", summary)
-    summary["status"] = "done"
-    summary["wall_s"] = round(sum(s.get("wall_s", 0.0) for s in summary["stages"].values()), 2)
-    summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    write_json(run_dir / "summary.json", summary)
-    if cfg.export:
-        export_outputs(cfg, run_dir, log=print if show_progress else (lambda _: None))
-    return read_summary(run_dir)
+        folder.write_summary(summary)
 
 
 def export_outputs(cfg: RunConfig, run_dir: Path, log=print) -> None:
     """The end of fit: ``export/model.glb`` (+ ``export_formats``) and the turntable MP4. A failure here (say,
-    nothing above the density threshold) is recorded in summary.json and printed; the trained run stays."""
+    nothing above the density threshold) is recorded in summary.json and raised as RunFailed; the trained
+    stages stay."""
     from dream3d.export.run import ExportError, export_run, record_export, render_run
 
+    fault_point("export")
     try:
         export_run(run_dir, cfg.export_formats, resolution=cfg.mesh_resolution, texture_size=cfg.texture_size, log=log)
         if cfg.video_views > 0:
             render_run(run_dir, views=cfg.video_views, size=cfg.video_size, formats=("mp4",), log=log)
-    except ExportError as exc:
+    except (ExportError, RunFolderError) as exc:
         record_export(run_dir, error=str(exc))
-        print(f"dream3d: export failed: {exc}; retry with: dream3d export {run_dir} threshold=<lower>", file=sys.stderr)
-
+        raise RunFailed(f"export failed: {exc}; the trained stages are kept; retry with: dream3d export {run_dir} "
+                        "threshold=<lower>") from None

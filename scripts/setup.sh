@@ -13,9 +13,9 @@ if [ -f "$stamp" ] && [ ! pyproject.toml -nt "$stamp" ]; then
 fi
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 echo "dream3d: setting up .venv (one time)..." >&2
-.venv/bin/python -m pip install -q --upgrade pip >&2
+.venv/bin/python -m pip install -qq --upgrade pip >&2
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/python -m pip install -q "${DREAM3D_TORCH:-torch==2.13.0}" >&2
+  .venv/bin/python -m pip install -qq "${DREAM3D_TORCH:-torch==2.13.0}" >&2
 fi
-.venv/bin/python -m pip install -q -e ".[dev]" >&2
+.venv/bin/python -m pip install -qq -e ".[dev]" >&2
 touch "$stamp"

@@ -54,11 +54,11 @@ def test_report_links_only_files_it_holds(compared):
 
 def test_same_command_continues_and_keeps_finished_runs(compared, latent_prior_dir, capsys):
     ckpt = compared / "vsd" / "ckpts" / "coarse" / "last.ckpt"
-    before = torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"], ckpt.stat().st_mtime_ns
+    before = torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"], ckpt.stat().st_mtime_ns
     assert cli.main(["compare", "prompt=a red cube", f"prior={latent_prior_dir}", f"out={compared}", "seed=3",
                      "--quiet", *SMALL]) == 0
     assert "already done" in capsys.readouterr().out
-    assert (torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"], ckpt.stat().st_mtime_ns) == before
+    assert (torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"], ckpt.stat().st_mtime_ns) == before
 
 
 def test_compare_two_run_folders(compared, tmp_path):

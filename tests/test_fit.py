@@ -40,7 +40,7 @@ def metrics(run: Path) -> list[dict]:
 
 
 def nerf_state(run: Path) -> dict:
-    return torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def ctrl_c_at(monkeypatch, step: int):
@@ -125,7 +125,7 @@ def test_pixel_prior_fit_with_resume(pixel_prior_dir, tmp_path, monkeypatch):
     restore = ctrl_c_at(monkeypatch, 12)
     code, run = fit(pixel_prior_dir, tmp_path, "pixel", "stages.coarse.guidance.weighting=uniform")
     assert code == 130
-    ckpt = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 12
     restore()
     assert cli.main(["fit", f"resume={run}", "--quiet"]) == 0
@@ -156,7 +156,7 @@ def test_real_ctrl_c_saves_a_checkpoint(latent_prior_dir, tmp_path):
     assert summary["status"] == "interrupted"
     step = summary["stages"]["coarse"]["completed_steps"]
     assert 3 <= step < 2000
-    ckpt = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == step
 
 
@@ -176,8 +176,8 @@ def test_stage_initialised_from_previous_stage(latent_prior_dir, tmp_path):
     run = tmp_path / "two-stage"
     summary = run_fit(cfg, run, show_progress=False)
     assert [summary["stages"][s]["status"] for s in ("coarse", "fine")] == ["done", "done"]
-    coarse = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    fine = torch.load(run / "ckpts" / "fine" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    coarse = torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    fine = torch.load(run / "ckpts" / "fine" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert any(k.startswith("particles.0.nerf.") for k in coarse)
     for k, v in coarse.items():
         if k.startswith("particles.0.nerf."):
@@ -192,4 +192,4 @@ def test_broken_prior_folder_fails_with_one_line(tmp_path, capsys):
                      "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and err[-1].startswith("dream3d: error: prior: cannot load")
-    assert json.loads((tmp_path / "dreamfusion" / "b" / "summary.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "dreamfusion" / "b").exists()  # the prior loads before the run folder is made

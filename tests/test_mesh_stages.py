@@ -70,7 +70,7 @@ def test_magic3d_refines_a_mesh_started_from_the_nerf(magic3d_run):
     run, summary = magic3d_run
     assert [summary["stages"][s]["status"] for s in ("coarse", "fine")] == ["done", "done"]
     assert summary["stages"]["fine"]["init_s"] > 0
-    state = torch.load(run / "ckpts" / "fine" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run / "ckpts" / "fine" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert {"particles.0.dmtet.sdf", "particles.0.dmtet.deformation"} <= state.keys()
     assert not any("grid_verts" in k or k.endswith(".tets") for k in state)  # the grid is rebuilt, not stored
     rows = (run / "stages" / "fine" / "metrics.csv").read_text().splitlines()
@@ -87,8 +87,8 @@ def test_fantasia3d_geometry_then_pbr_appearance(latent_prior_dir, tmp_path):
                              appearance__dmtet__resolution=16, geometry__mesh__latent_mask_steps=2)])
     summary = fit(cfg, tmp_path / "run", show_progress=False)
     assert summary["status"] == "done" and summary["export"]["watertight"] is True
-    geo = torch.load(tmp_path / "run" / "ckpts" / "geometry" / "last.ckpt", map_location="cpu", weights_only=False)
-    app = torch.load(tmp_path / "run" / "ckpts" / "appearance" / "last.ckpt", map_location="cpu", weights_only=False)
+    geo = torch.load(tmp_path / "run" / "ckpts" / "geometry" / "last.ckpt", map_location="cpu", weights_only=True)
+    app = torch.load(tmp_path / "run" / "ckpts" / "appearance" / "last.ckpt", map_location="cpu", weights_only=True)
     g, a = geo["state_dict"], app["state_dict"]
     assert torch.equal(g["particles.0.dmtet.sdf"], a["particles.0.dmtet.sdf"])  # the geometry stays fixed
     assert any(k.startswith("particles.0.material.") for k in a) and "particles.0.light.sh" in a
@@ -105,7 +105,7 @@ def test_prolificdreamer_three_stages_with_two_particles(latent_prior_dir, tmp_p
     assert [summary["stages"][s]["status"] for s in ("coarse", "geometry", "texture")] == ["done"] * 3
     assert summary["export"]["particle_watertight"] == [True, True]
     state = torch.load(tmp_path / "run" / "ckpts" / "texture" / "last.ckpt", map_location="cpu",
-                       weights_only=False)["state_dict"]
+                       weights_only=True)["state_dict"]
     assert any(k.startswith("guidance.adapters.") for k in state)  # VSD's LoRA in the texture stage
     assert (tmp_path / "run" / "export" / "particle1" / "model.glb").is_file()
     metrics = (tmp_path / "run" / "stages" / "texture" / "metrics.csv").read_text().splitlines()[0]

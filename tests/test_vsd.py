@@ -27,7 +27,7 @@ def vsd_fit(prior_dir, out, name, *extra) -> tuple[int, Path]:
 
 
 def state(run: Path) -> dict:
-    return torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(run / "ckpts" / "coarse" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
 
 
 def draws(prior, batch: int = 2, seed: int = 0):

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dream3d.errors import Dream3DError
 from dream3d.export.run import EXPORT_DIR, particle_dirs, particle_meshes
 from dream3d.io import atomic_path, save_png, write_json, write_text
 
@@ -83,7 +84,7 @@ ROWS: tuple[tuple[str, str, Optional[str], str], ...] = (
 )
 
 
-class ReportError(ValueError):
+class ReportError(Dream3DError, ValueError):
     """Bad input for a comparison report: the message is one line naming the file or argument."""
 
 
@@ -101,16 +102,9 @@ def last_validation_grid(stage_dir: Path) -> Optional[Path]:
 
 def _load_config(run_dir: Path):
     """The run's stored RunConfig; ReportError when ``run_dir`` is not a run folder."""
-    from dream3d.config import ConfigError, load_run_config
+    from dream3d.rundir import RunFolder
 
-    if not run_dir.is_dir():
-        raise ReportError(f"{run_dir}: not a folder (expected a dream3d run folder)")
-    if not (run_dir / "config.yaml").is_file():
-        raise ReportError(f"{run_dir / 'config.yaml'}: not found (expected a dream3d run folder from dream3d fit)")
-    try:
-        return load_run_config(run_dir)
-    except ConfigError as exc:
-        raise ReportError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    return RunFolder(run_dir).read_config()
 
 
 def _ensure_exported(run_dir: Path, cfg, log: Callable[[str], None]) -> None:

@@ -21,13 +21,14 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from dream3d.io import write_json
+from dream3d.errors import Dream3DError
+from dream3d.rundir import RunFolder, check_writable
 
 EXPORT_DIR = "export"
 RENDER_MODES = ("rgb", "normal", "depth", "all", "volume")
 
 
-class ExportError(ValueError):
+class ExportError(Dream3DError, ValueError):
     """Bad run folder or export input: the message is one line naming the file or key."""
 
 
@@ -60,16 +61,14 @@ def _last_stage_with_checkpoint(run_dir: Path, stages: Sequence[str]) -> str:
 
 def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
     """The representation of ``stage`` (default: the last stage that has a checkpoint), on the CPU, eval mode."""
-    from dream3d.config import MESH_SYSTEMS, ConfigError, load_run_config
+    from dream3d.config import MESH_SYSTEMS
+    from dream3d.rundir import load_checkpoint
     from dream3d.systems.nerf import Particle
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: not a folder (expected a dream3d run folder)")
-    try:
-        cfg = load_run_config(run_dir)
-    except ConfigError as exc:
-        raise ExportError(str(exc).replace("resume: ", "")) from None
+    cfg = RunFolder(run_dir).read_config()
     if stage is not None and stage not in cfg.stages:
         raise ExportError(f"stage={stage}: no such stage in {run_dir / 'config.yaml'} ({', '.join(cfg.stages)})")
     name = stage or _last_stage_with_checkpoint(run_dir, cfg.stages)
@@ -84,7 +83,7 @@ def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
         make, needed = (lambda: MeshParticle(st, kind)), "dmtet."
     else:
         make, needed = (lambda: Particle(st)), "nerf."
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    state = load_checkpoint(ckpt)["state_dict"]
     if not any(k.startswith("particles.") for k in state):  # a run from before particles: one, unprefixed
         state = {f"particles.0.{k}": v for k, v in state.items()}
     particles = []
@@ -119,11 +118,10 @@ def particle_videos(run_dir: str | Path) -> list[Path]:
 
 def record_export(run_dir: Path, **values) -> None:
     """Merge ``values`` into summary.json's ``"export"`` entry (atomically)."""
-    from dream3d.run import read_summary
-
-    summary = read_summary(run_dir)
+    folder = RunFolder(run_dir)
+    summary = folder.read_summary()
     summary.setdefault("export", {}).update(values)
-    write_json(run_dir / "summary.json", summary)
+    folder.write_summary(summary)
 
 
 def parse_formats(formats: str | Sequence[str], known: Sequence[str], key: str = "format") -> list[str]:
@@ -149,6 +147,7 @@ def export_run(
     if resolution < 16 or texture_size < 16:
         raise ExportError(f"resolution={resolution} texture_size={texture_size}: expected at least 16 each")
     loaded = load_stage(run_dir, stage)
+    check_writable(run_dir / EXPORT_DIR, "run folder")  # before the work, not after it
     t0 = time.perf_counter()
     first: dict[str, Path] = {}
     faces, watertight = [], []
@@ -241,6 +240,8 @@ def render_run(
     if views < 1 or size < 16 or fps <= 0:
         raise ExportError(f"views={views} size={size} fps={fps}: expected views >= 1, size >= 16, fps > 0")
     name = "turntable" if mode == "rgb" else f"turntable-{mode}"
+    RunFolder(run_dir).require()
+    check_writable(run_dir / EXPORT_DIR, "run folder")  # before the work, not after it
     t0 = time.perf_counter()
     written: list[dict[str, Path]] = []  # per particle
     if mode == "volume":

@@ -105,8 +105,8 @@ def draw_noisy(prior, z: Tensor, lo: int, hi: int, generator: Optional[torch.Gen
 
 def distillation_loss(z: Tensor, grad: Tensor, grad_clip: Any, step: int) -> tuple[Tensor, Tensor]:
     """The surrogate loss whose gradient with respect to z [B,C,h,w] is ``grad`` / B (optionally clipped
-    element-wise): L = ½‖z - sg(z - g)‖² / B. Returns (L, the gradient actually used)."""
-    grad = torch.nan_to_num(grad)
+    element-wise): L = ½‖z - sg(z - g)‖² / B. Returns (L, the gradient actually used). A nan or inf in ``g`` is
+    kept (not zeroed): it makes L non-finite, and the stage's guard stops the run naming the term."""
     clip = scheduled(grad_clip, step) if grad_clip is not None else 0.0
     if clip > 0:
         grad = grad.clamp(-clip, clip)

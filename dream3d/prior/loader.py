@@ -14,9 +14,13 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from dream3d.errors import Dream3DError
 
-class PriorError(RuntimeError):
+
+class PriorError(Dream3DError, RuntimeError):
     """One-line error while loading a prior."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -88,21 +92,32 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
 
 
+def _read_index(path: Path) -> dict:
+    """model_index.json as a mapping, or a one-line PriorError naming the file."""
+    try:
+        index = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise PriorError(f"prior: {path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(index, dict):
+        raise PriorError(f"prior: {path}: expected a JSON object of components, got {type(index).__name__}")
+    return index
+
+
 def _has_component(path: str, name: str) -> bool:
     local = Path(path)
     if local.is_dir():
         index = local / "model_index.json"
         if index.is_file():
-            entry = json.loads(index.read_text()).get(name)
+            entry = _read_index(index).get(name)
             return bool(entry) and entry[0] is not None and (local / name).is_dir()
         return (local / name).is_dir()
     from huggingface_hub import hf_hub_download
 
     try:
-        index = json.loads(Path(hf_hub_download(path, "model_index.json")).read_text())
+        index_path = Path(hf_hub_download(path, "model_index.json"))
     except Exception as exc:
         raise PriorError(f"prior: cannot read model_index.json of '{path}': {str(exc).splitlines()[0]}") from None
-    entry = index.get(name)
+    entry = _read_index(index_path).get(name)
     return bool(entry) and entry[0] is not None
 
 
@@ -111,8 +126,15 @@ def load_prior(path: str, device: str | torch.device = "cpu", dtype: str | torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
+    from dream3d.logs import quiet_loaders
+
+    quiet_loaders()
     device = torch.device(device)
     torch_dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
+
+    local = Path(path)
+    if local.is_dir() and (local / "model_index.json").is_file():
+        _read_index(local / "model_index.json")  # a corrupted index: one line, before any component loads
 
     def load(cls, sub, **kw):
         try:
@@ -120,8 +142,9 @@ def load_prior(path: str, device: str | torch.device = "cpu", dtype: str | torch
         except Exception as exc:
             raise PriorError(f"prior: cannot load {sub}/ of '{path}': {str(exc).splitlines()[0]}") from None
 
-    tokenizer = load(AutoTokenizer, "tokenizer")
-    text_encoder = load(CLIPTextModel, "text_encoder", torch_dtype=torch_dtype)
+    # Never run code shipped in a prior folder (transformers would otherwise ask on stdin, and run it on "y").
+    tokenizer = load(AutoTokenizer, "tokenizer", trust_remote_code=False)
+    text_encoder = load(CLIPTextModel, "text_encoder", torch_dtype=torch_dtype, trust_remote_code=False)
     unet = load(UNet2DConditionModel, "unet", torch_dtype=torch_dtype)
     scheduler = load(DDPMScheduler, "scheduler")
     vae = load(AutoencoderKL, "vae", torch_dtype=torch_dtype) if _has_component(path, "vae") else None

@@ -15,8 +15,23 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from dream3d.errors import Dream3DError
 from dream3d.io import atomic_path, save_png
 from dream3d.schedule import is_zero, scheduled
+
+
+class NonFiniteError(Dream3DError):
+    """A loss term or a parameter became nan or inf: the stage stops, the last good checkpoint stays."""
+
+    exit_code = 1
+
+
+def first_non_finite(module: torch.nn.Module) -> Optional[str]:
+    """The name of the first parameter of ``module`` holding a nan or inf, or None."""
+    for name, p in module.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return name
+    return None
 
 
 # -------------------------------------------------------------------------------------- regularizers
@@ -114,8 +129,13 @@ class BaseSystem(pl.LightningModule):
             weight = scheduled(schedule, step)
             logs[name] = float(value.detach())
             if weight != 0:
+                if not np.isfinite(logs[name]):
+                    raise NonFiniteError(f"stage '{self.stage_name}' step {step}: loss term '{name}' is "
+                                         f"{logs[name]}")
                 total = total + weight * value
         logs["loss"] = float(total.detach())
+        if not np.isfinite(logs["loss"]):
+            raise NonFiniteError(f"stage '{self.stage_name}' step {step}: the weighted loss is {logs['loss']}")
         return total, logs
 
     def initialise(self, state: dict[str, Tensor], init_cfg) -> None:
@@ -177,12 +197,14 @@ class BaseSystem(pl.LightningModule):
 class StageCallback(pl.Callback):
     """Progress bar (step, loss, it/s), metrics CSV, validation grids, atomic checkpoints, Ctrl-C save."""
 
-    def __init__(self, ckpt_path: Path, total_steps: int, show_progress: bool = True):
+    def __init__(self, ckpt_path: Path, total_steps: int, show_progress: bool = True, saved_step: int = 0):
         self.ckpt_path = Path(ckpt_path)
         self.total_steps = total_steps
         self.show_progress = show_progress
         self.bar = None
         self.interrupted = False
+        self.exception: Optional[BaseException] = None  # the KeyboardInterrupt / Terminated that stopped the stage
+        self.saved_step = saved_step  # the step of the last checkpoint written (or found on resume)
         self.start_time = 0.0
         self.start_step = 0
         self.metrics_file = None
@@ -190,8 +212,16 @@ class StageCallback(pl.Callback):
         self.metrics_keys: list[str] = []
 
     def save(self, trainer: pl.Trainer) -> None:
+        """Write the checkpoint atomically, after checking every parameter is finite: a stage whose weights
+        turned nan or inf stops here and the previous (good) checkpoint stays in place."""
+        module = trainer.lightning_module
+        bad = first_non_finite(module)
+        if bad is not None:
+            raise NonFiniteError(f"stage '{module.stage_name}' step {trainer.global_step}: parameter '{bad}' is not "
+                                 "finite")
         with atomic_path(self.ckpt_path) as tmp:
-            trainer.save_checkpoint(tmp)
+            trainer.save_checkpoint(tmp, weights_only=False)
+        self.saved_step = trainer.global_step
 
     def on_train_start(self, trainer, module) -> None:
         self.start_time = time.perf_counter()
@@ -239,10 +269,12 @@ class StageCallback(pl.Callback):
             self.save(trainer)
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt):
-            self.interrupted = True
-            self.save(trainer)
         self.close()
+        if isinstance(exception, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (dream3d.errors.Terminated)
+            self.interrupted = True
+            self.exception = exception
+            if first_non_finite(module) is None:
+                self.save(trainer)
 
     def on_train_end(self, trainer, module) -> None:
         self.close()
@@ -279,8 +311,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def set_threads() -> None:
-    """Use all cores for intra-op parallelism unless the user set OMP_NUM_THREADS."""
-    if "OMP_NUM_THREADS" not in os.environ:
+def set_threads(threads: int = 0) -> None:
+    """torch's intra-op threads: ``threads`` when positive, else $OMP_NUM_THREADS when set, else every core.
+    Several fits sharing a machine should take one each (two torch processes on all cores slow each other
+    several-fold)."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(os.cpu_count() or 1)
 

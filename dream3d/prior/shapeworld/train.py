@@ -333,7 +333,7 @@ class StageRunner:
         self.start = self._load() if resume and self.path.is_file() else 0
 
     def _load(self) -> int:
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and plain data only
         if state["signature"] != self.signature:
             raise ValueError(f"{self.path}: checkpoint was made with another {self.name} config; "
                              "run without resume to start over")
