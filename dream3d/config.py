@@ -565,7 +565,8 @@ def load_config(args: list[str] | dict[str, str], base: Optional[Any] = None) ->
         if kind is None or dataclasses.is_dataclass(kind) or key == "stages":
             raise ConfigError(f"unknown key '{key}' in command line{_hint(key)}")
         if _is_text(kind):
-            cli_text[key] = raw
+            # text as typed; an optional key (stage init, name, guidance) also takes null for "none"
+            cli_text[key] = None if kind is not str and raw.strip() == "null" else raw
         else:
             _set_dotted(cli_typed, key, _typed(key, raw, kind))
     cfg = _merge(cfg, cli_typed, "command line")

@@ -153,6 +153,13 @@ def test_text_keys_stay_literal_on_the_command_line_and_in_the_stored_config(pro
     assert os.environ.get("HOME", "/root") not in to_yaml(cfg) or "HOME" not in prompt
 
 
+def test_optional_text_keys_take_null_and_plain_text_keys_keep_it(recipe, latent_prior_dir):
+    from dream3d.config import load_config
+
+    cfg = load_config(["prompt=null", f"recipe={recipe}", f"prior={latent_prior_dir}", "stages.fine.init=null"])
+    assert cfg.prompt == "null" and cfg.stages["fine"].init is None
+
+
 def test_file_recipe_runs_under_the_output_folder(recipe, latent_prior_dir, tmp_path):
     from dream3d.config import load_config
     from dream3d.run import new_run_dir
