@@ -1,9 +1,9 @@
 """Quality of a generated mesh against the shape world: what ``dream3d eval <run folder>`` measures.
 
 The mesh and the prompt's true catalogue object are both normalised like the catalogue (centred on their
-bounding box, largest side :data:`~dream3d.prior.shapeworld.catalogue.OBJECT_EXTENT`) and rendered from the
+bounding box, largest side :data:`~dream3d.shapeworld.catalogue.OBJECT_EXTENT`) and rendered from the
 same turntable orbit (azimuth 0 = the canonical front, +Z), lit like the evaluation classifier's training
-images (:mod:`dream3d.prior.shapeworld.data`): white background, Lambert + ambient light from the camera.
+images (:mod:`dream3d.shapeworld.data`): white background, Lambert + ambient light from the camera.
 Framing, also as in training: a bounding sphere spans :data:`FILL` of the field of view :data:`FOVY` (the
 middles of the training ranges): the mesh's own sphere for the views the classifier sees, the larger of the
 two spheres for the silhouette comparison (same cameras for both meshes, both wholly in view). Figures:
@@ -64,7 +64,6 @@ FIGURES = ("r_precision", "object_accuracy", "colour_accuracy", "iou", "colour_e
            "front_azimuth")
 CLASSIFIER_FIGURES = ("r_precision", "object_accuracy", "colour_accuracy", "front_accuracy", "janus",
                       "front_azimuth")
-EVAL_FILE = "eval.json"
 SHIPPED_CLASSIFIER = "assets/priors/shapeworld/classifier"
 
 
@@ -79,7 +78,7 @@ class EvalError(ValueError):
 
 def match_prompt(prompt: str):
     """(caption without a view suffix, catalogue object or None): exact, case-insensitive caption match."""
-    from dream3d.prior.shapeworld.catalogue import VIEW_SUFFIXES, catalogue
+    from dream3d.shapeworld.catalogue import VIEW_SUFFIXES, catalogue
 
     text = " ".join(prompt.split())
     for suffix in VIEW_SUFFIXES.values():
@@ -93,7 +92,7 @@ def match_prompt(prompt: str):
 
 def normalise(mesh: TexturedMesh) -> TexturedMesh:
     """The mesh centred on its bounding box, scaled so its largest side is the catalogue's OBJECT_EXTENT."""
-    from dream3d.prior.shapeworld.catalogue import OBJECT_EXTENT
+    from dream3d.shapeworld.catalogue import OBJECT_EXTENT
 
     if mesh.num_faces == 0:
         raise EvalError("mesh has no faces: nothing to evaluate")
@@ -112,13 +111,13 @@ def eval_cameras(views: int, elevation: float, size: int, radius: float) -> Came
 
 def render_eval(mesh: TexturedMesh, cams: Cameras, ambient: float = AMBIENT) -> dict[str, Tensor]:
     """Shaded renders on white like the classifier's training data -> rgb [B,H,W,3], alpha [B,H,W,1], albedo."""
-    from dream3d.render.raster import render_textured
+    from dream3d.render.mesh import render_textured
 
     with torch.no_grad():
         out = render_textured(mesh, cams, ambient=1.0, background=0.0)  # antialiased, premultiplied albedo
     lambert = (out["normal"] * F.normalize(cams.position, dim=-1).view(-1, 1, 1, 3)).sum(-1, keepdim=True)
-    rgb = out["rgb"] * (ambient + (1.0 - ambient) * lambert.clamp_min(0.0)) + (1.0 - out["alpha"])
-    return {"rgb": rgb.clamp(0.0, 1.0), "alpha": out["alpha"], "albedo": out["albedo"]}
+    rgb = out["rgb"] * (ambient + (1.0 - ambient) * lambert.clamp_min(0.0)) + (1.0 - out["opacity"])
+    return {"rgb": rgb.clamp(0.0, 1.0), "alpha": out["opacity"], "albedo": out["albedo"]}
 
 
 def _counted(azimuth: float, label: str) -> bool:
@@ -170,7 +169,7 @@ def evaluate_mesh(
     mesh: TexturedMesh, prompt: str, classifier=None, views: int = 16, elevation: float = 15.0, size: int = 64,
 ) -> dict:
     """Score ``mesh`` for ``prompt`` (see the module docstring). ``classifier``: a loaded
-    :class:`~dream3d.prior.shapeworld.classifier.ShapeClassifier`, or None for the classifier-free figures.
+    :class:`~dream3d.shapeworld.classifier.ShapeClassifier`, or None for the classifier-free figures.
 
     Returns a JSON-ready dict: prompt, caption, in_catalogue, object, has_front, settings, the figures of
     :data:`FIGURES` (None when unavailable), front_ok, coverage, top_caption, ``unavailable`` {figure: reason}
@@ -283,35 +282,28 @@ def evaluate_run(
     """Evaluate a run's exported mesh (``export/model.glb``, exported first when missing) for its prompt and
     write ``<run>/eval.json`` atomically. Returns the result (:func:`evaluate_mesh` plus run, mesh, classifier,
     seconds)."""
-    from dream3d.config import ConfigError, load_run_config
     from dream3d.export.mesh import load_mesh
-    from dream3d.prior.shapeworld.classifier import load_classifier
+    from dream3d.rundir import RunFolder, check_writable
+    from dream3d.shapeworld.classifier import load_classifier
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise EvalError(f"{run_dir}: not a folder (expected a dream3d run folder)")
-    if not (run_dir / "config.yaml").is_file():
-        raise EvalError(f"{run_dir / 'config.yaml'}: not found (expected a dream3d run folder from dream3d fit)")
-    try:
-        cfg = load_run_config(run_dir)
-    except ConfigError as exc:
-        raise EvalError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    run = RunFolder(run_dir)
+    cfg = run.read_config()
+    check_writable(run_dir, "run folder")  # eval.json is written at the end: find a read-only folder first
     if not cfg.prompt.strip():
-        raise EvalError(f"{run_dir / 'config.yaml'}: prompt is empty: nothing to evaluate against")
+        raise EvalError(f"{run.config_path}: prompt is empty: nothing to evaluate against")
     folder = find_classifier(cfg.prior, classifier_dir)
     try:
         classifier = load_classifier(folder)
     except (FileNotFoundError, KeyError, RuntimeError) as exc:
         raise EvalError(f"classifier {folder}: {str(exc).splitlines()[0]}") from None
-    glb = run_dir / "export" / "model.glb"
-    if not glb.is_file():
-        from dream3d.export.run import ExportError, export_run
+    from dream3d.export.run import ExportError, ensure_exported
 
-        try:
-            export_run(run_dir, ("glb",))
-        except ExportError as exc:
-            raise EvalError(f"{glb}: not found and cannot be exported ({exc})") from None
+    try:
+        glb = ensure_exported(run_dir)
+    except ExportError as exc:
+        raise EvalError(f"{run.mesh_path}: not found and cannot be exported ({exc})") from None
     try:
         mesh = load_mesh(glb)
     except ValueError as exc:
@@ -319,7 +311,7 @@ def evaluate_run(
     result = evaluate_mesh(mesh, cfg.prompt, classifier, views, elevation, size)
     result = {"run": str(run_dir), "mesh": str(glb.relative_to(run_dir)), "classifier": str(folder), **result,
               "seconds": round(time.perf_counter() - start, 2)}
-    write_json(run_dir / EVAL_FILE, result)
+    write_json(run.eval_path, result)
     return result
 
 

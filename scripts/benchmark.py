@@ -53,7 +53,7 @@ def _run(cmd: list[str]) -> None:
 
 def run_one(recipe: str, prompt: str, seed: int, steps, out: Path) -> dict:
     """Fit + eval in subprocesses; returns the summary and eval figures of the run."""
-    from dream3d.run import slugify
+    from dream3d.rundir import slugify
 
     name = f"{slugify(prompt)}-s{seed}"
     run_dir = out / "runs" / recipe / name

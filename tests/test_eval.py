@@ -22,9 +22,9 @@ from dream3d.eval import (
     match_prompt,
 )
 from dream3d.io import write_text
-from dream3d.prior.shapeworld import export_glb, get
-from dream3d.prior.shapeworld.classifier import ShapeClassifier, class_table, load_classifier, save_classifier
 from dream3d.representations.mesh import TexturedMesh
+from dream3d.shapeworld import get
+from dream3d.shapeworld.classifier import ShapeClassifier, class_table, load_classifier, save_classifier
 
 # the trained evaluation classifier; DREAM3D_EVAL_CLASSIFIER points the acceptance tests at another folder
 CLASSIFIER = Path(os.environ.get("DREAM3D_EVAL_CLASSIFIER", PROJECT_ROOT / SHIPPED_CLASSIFIER))
@@ -146,7 +146,7 @@ def test_outside_the_catalogue_reports_what_it_can(untrained_classifier_dir):
 
 def make_run(folder: Path, prompt: str, prior: str = "assets/priors/shapeworld", mesh: str = "snowman") -> Path:
     write_text(folder / "config.yaml", to_yaml(RunConfig(prompt=prompt, prior=prior)))
-    export_glb(get(mesh), folder / "export" / "model.glb")
+    cli.export_shape_glb(get(mesh), folder / "export" / "model.glb")
     return folder
 
 
