@@ -8,11 +8,31 @@ World frame: Y up, the object's canonical front faces +Z. A camera at azimuth 0 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+
+@dataclass
+class CameraConfig:
+    """Random training cameras (DreamFusion ranges) and the fixed validation/turntable orbit. Degrees."""
+
+    elevation_range: list[float] = field(default_factory=lambda: [-10.0, 90.0])
+    azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])
+    distance_range: list[float] = field(default_factory=lambda: [1.5, 2.0])
+    fovy_range: list[float] = field(default_factory=lambda: [40.0, 70.0])
+    light_distance_range: list[float] = field(default_factory=lambda: [0.8, 1.5])
+    height: int = 64
+    width: int = 64
+    batch_size: int = 1
+    front_threshold: float = 45.0  # |azimuth| below: "front"; above 180 - this: "back"
+    overhead_threshold: float = 60.0  # elevation above: "overhead"
+    eval_elevation: float = 15.0
+    eval_distance: float = 1.75
+    eval_fovy: float = 55.0
+    eval_size: int = 64
 
 VIEW_LABELS = ("front", "side", "back", "overhead")
 
@@ -138,7 +158,7 @@ def _uniform(lo_hi: list[float], n: int, gen: torch.Generator) -> Tensor:
 
 
 def sample_cameras(cfg, gen: torch.Generator, batch_size: Optional[int] = None) -> Cameras:
-    """Random cameras from a :class:`dream3d.config.CameraConfig`.
+    """Random cameras from a :class:`CameraConfig`.
 
     Elevation is sampled uniformly on the sphere's height between the range's bounds (so overhead views are
     not over-represented), azimuth, distance and fovy uniformly. The point light sits near the camera

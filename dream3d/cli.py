@@ -120,17 +120,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
         overrides = parse_overrides(args.overrides)
         resume = overrides.pop("resume", None)
         if resume is not None:
-            run_dir = RunFolder(resume).require().path
-            stored = load_stored(run_dir / "config.yaml")
+            folder = RunFolder(resume).require()
+            run_dir = folder.path
+            stored = load_stored(folder.config_path)
             try:
                 cfg = load_config(overrides, base=stored)
             except ConfigError as exc:
                 if "command line" in str(exc):
                     raise
-                raise stored_config_error(run_dir / "config.yaml", exc) from None
+                raise stored_config_error(folder.config_path, exc) from None
         else:
             cfg = load_config(overrides)
-            from dream3d.run import new_run_dir
+            from dream3d.rundir import new_run_dir
 
             run_dir = new_run_dir(cfg)
     except FileExistsError as exc:
@@ -145,7 +146,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     try:
         summary = fit(cfg, run_dir, show_progress=not args.quiet, resume=resume is not None)
     except KeyboardInterrupt as exc:
-        if (run_dir / "config.yaml").is_file():
+        if RunFolder(run_dir).config_path.is_file():
             return _error(f"{_signal_name(exc)}; continue with: dream3d fit resume={run_dir}", signal_exit_code(exc))
         return _error(f"{_signal_name(exc)} before the run folder was made; nothing was written",
                       signal_exit_code(exc))
@@ -166,9 +167,18 @@ def _signal_name(exc: BaseException) -> str:
     return "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
 
 
+def export_shape_glb(obj, path: str | Path) -> Path:
+    """Write a shape-world object (:class:`dream3d.shapeworld.ShapeObject`) as a binary glTF with vertex colours
+    and a matte material (atomically). Returns the path."""
+    from dream3d.export.mesh import write_glb
+    from dream3d.representations.mesh import TexturedMesh
+
+    return write_glb(TexturedMesh(obj.verts, obj.faces, vertex_colors=obj.colors.clamp(0.0, 1.0)), path)
+
+
 def cmd_prior(args: argparse.Namespace) -> int:
     from dream3d.config import ConfigError, parse_overrides
-    from dream3d.prior.shapeworld import export_glb, format_catalogue, get
+    from dream3d.shapeworld import format_catalogue, get
 
     try:
         kv = parse_overrides([a for a in args.args if a != "export"])
@@ -188,7 +198,7 @@ def cmd_prior(args: argparse.Namespace) -> int:
     out = Path(kv.get("out", f"{obj.name}.glb"))
     if out.suffix.lower() != ".glb":
         return _error(f"out: expected a .glb file name, got '{out}'")
-    export_glb(obj, out)
+    export_shape_glb(obj, out)
     print(f"wrote {out} ({obj.caption}: {len(obj.faces)} faces)")
     return 0
 
@@ -259,7 +269,8 @@ def cmd_export(args: argparse.Namespace, render: bool) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     """``dream3d eval <run> [views=16] [elevation=15] [size=64] [classifier=<folder>]``: table + eval.json."""
     from dream3d.config import ConfigError, parse_overrides, typed_values
-    from dream3d.eval import EVAL_FILE, EvalError, evaluate_run, format_table
+    from dream3d.eval import EvalError, evaluate_run, format_table
+    from dream3d.rundir import RunFolder
 
     try:
         v = typed_values(parse_overrides(args.args), {"views": 16, "elevation": 15.0, "size": 64, "classifier": ""},
@@ -268,15 +279,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (ConfigError, EvalError) as exc:
         return _error(str(exc))
     print(format_table(result))
-    print(f"wrote {Path(args.run) / EVAL_FILE} (classifier {result['classifier']}, {result['seconds']} s)")
+    print(f"wrote {RunFolder(args.run).eval_path} (classifier {result['classifier']}, {result['seconds']} s)")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``dream3d compare prompt=... [seed] [budget] [particles]`` or ``dream3d compare <run A> <run B>``."""
-    from dream3d.compare import CompareError, compare, typed
+    from dream3d.compare.errors import CompareError, ReportError
+    from dream3d.compare.job import compare, typed
     from dream3d.config import ConfigError, parse_overrides
-    from dream3d.export.report import ReportError
     from dream3d.prior import PriorError
     from dream3d.run import RunInterrupted
 

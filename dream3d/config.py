@@ -23,9 +23,13 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from dream3d.cameras import CameraConfig
 from dream3d.errors import Dream3DError
-from dream3d.fields.encoding import HashGridConfig
+from dream3d.guidance import GuidanceConfig
+from dream3d.render.volume import RendererConfig
 from dream3d.representations.dmtet import DMTetConfig
+from dream3d.representations.nerf import NeRFConfig
+from dream3d.systems.config import LossConfig, MeshStageConfig, OptimConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -37,119 +41,6 @@ class ConfigError(Dream3DError, ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- schema
-@dataclass
-class CameraConfig:
-    """Random training cameras (DreamFusion ranges) and the fixed validation/turntable orbit. Degrees."""
-
-    elevation_range: list[float] = field(default_factory=lambda: [-10.0, 90.0])
-    azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])
-    distance_range: list[float] = field(default_factory=lambda: [1.5, 2.0])
-    fovy_range: list[float] = field(default_factory=lambda: [40.0, 70.0])
-    light_distance_range: list[float] = field(default_factory=lambda: [0.8, 1.5])
-    height: int = 64
-    width: int = 64
-    batch_size: int = 1
-    front_threshold: float = 45.0  # |azimuth| below: "front"; above 180 - this: "back"
-    overhead_threshold: float = 60.0  # elevation above: "overhead"
-    eval_elevation: float = 15.0
-    eval_distance: float = 1.75
-    eval_fovy: float = 55.0
-    eval_size: int = 64
-
-
-@dataclass
-class NeRFConfig:
-    """Implicit volume: hash-grid encoding + one small MLP for density and albedo."""
-
-    radius: float = 1.0  # scene box [-radius, radius]^3
-    encoding: HashGridConfig = field(default_factory=HashGridConfig)
-    backend: str = "auto"  # hash grid: auto | torch | tcnn
-    hidden: int = 64
-    hidden_layers: int = 1
-    density_activation: str = "softplus"
-    blob_density: float = 10.0  # Magic3D blob: bias = blob_density * (1 - |x| / blob_radius)
-    blob_radius: float = 0.5
-    normals: str = "analytic"  # analytic (autograd of density) | finite_difference
-    finite_difference_eps: float = 0.01
-
-
-@dataclass
-class RendererConfig:
-    """Volume rendering (ray marching) settings."""
-
-    backend: str = "auto"  # NeRF stages: auto | torch (nerfacc not wired in); mesh stages: auto | torch | nvdiffrast
-    num_samples: int = 64  # samples per ray across the scene box
-    occupancy_grid: bool = True
-    grid_resolution: int = 32
-    grid_update_every: int = 16
-    grid_threshold: float = 0.01  # a cell is empty when its alpha over one sample step stays below this
-    grid_decay: float = 0.95
-    early_stop: float = 1e-4  # samples behind which the transmittance fell below this are not evaluated (0: off)
-    ambient_only_steps: int = 200  # albedo-only shading before this step
-    textureless_prob: float = 0.5
-    albedo_prob: float = 0.2
-    ambient: float = 0.1  # ambient light share in diffuse/textureless shading
-    background: str = "mlp"  # mlp (learned from view direction) | solid | random
-    background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-
-
-@dataclass
-class GuidanceConfig:
-    """Score distillation. ``guidance_scale`` follows diffusers: eps = uncond + s * (cond - uncond)."""
-
-    name: str = "sds"
-    guidance_scale: float = 100.0
-    t_min: Any = 0.02  # fraction of the scheduler's training timesteps; number or schedule
-    t_max: Any = 0.98
-    weighting: str = "sds"  # sds: w = 1 - alphā_t | uniform: w = 1 | fantasia: w = sqrt(alphā_t)(1 - alphā_t)
-    grad_clip: Any = None  # clip the per-element SDS gradient to [-c, c]; number, schedule or null
-    # VSD only (guidance/vsd.py): the LoRA model of the particles' render distribution
-    lora_rank: int = 4  # rank of the adapters on the UNet's attention projections
-    lora_alpha: Optional[float] = None  # LoRA scale alpha / rank; null: alpha = rank
-    lora_lr: float = 1e-4
-    camera_dropout: float = 0.1  # probability of training the LoRA model without the camera
-    camera_hidden: int = 128  # hidden width of the camera embedding MLP
-
-
-@dataclass
-class MeshStageConfig:
-    """Mesh stages (systems dmtet, dmtet-geometry, mesh-texture): what starts the DMTet and what is scored."""
-
-    init: str = "sphere"  # without a stage `init`: sphere | ellipsoid | <mesh file> (with one: that stage's result)
-    init_size: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # sphere/ellipsoid semi-axes (x, y, z)
-    init_fit_steps: int = 200  # from a NeRF: steps fitting the sdf to the density's level set (0: off)
-    texture_fit_steps: int = 200  # from a NeRF: steps distilling its albedo into the DMTet's texture field
-    latent_mask_steps: int = 0  # geometry stage, latent priors: score [normal, mask] as latents before this step
-    material: str = "albedo"  # texture stage: albedo (diffuse colour) | pbr (albedo, roughness, metallic, env light)
-    light: str = "studio"  # pbr: environment light preset (studio | uniform)
-    background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-
-
-@dataclass
-class LossConfig:
-    """Weights of the loss terms: numbers or schedules. Zero switches a term off (it is not computed)."""
-
-    sds: Any = 1.0
-    vsd: Any = 1.0
-    lora: Any = 1.0
-    orient: Any = field(default_factory=lambda: [0, 10.0, 1000.0, 5000])
-    sparsity: Any = 0.0  # mean sqrt(opacity^2 + 0.01): fewer occupied pixels
-    opacity: Any = 0.0  # binary entropy of opacity: crisp silhouettes
-    normal_consistency: Any = 0.0  # mesh stages: 1 - cos between the normals of adjacent faces
-    laplacian: Any = 0.0  # mesh stages: squared distance of each vertex from its neighbours' mean (x resolution^2)
-
-
-@dataclass
-class OptimConfig:
-    lr_encoding: float = 0.01
-    lr_network: float = 0.001
-    lr_background: float = 0.001
-    lr_sdf: float = 0.001  # mesh stages: DMTet signed distances (scene units)
-    lr_deformation: float = 0.005  # mesh stages: DMTet vertex offsets (pre-tanh)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-15
-
-
 @dataclass
 class StageConfig:
     """One stage of a recipe: a Lightning system optimising one representation."""
@@ -663,12 +554,11 @@ def _check_hub_prior(repo: str) -> None:
                           f"fetched ({reason[:160]})") from None
 
 
-MESH_SYSTEMS = ("dmtet", "dmtet-geometry", "mesh-texture")
-
-
 def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -> None:
     """Settings of the mesh stages (systems dmtet, dmtet-geometry, mesh-texture)."""
-    if st.system not in MESH_SYSTEMS:
+    from dream3d.registry import mesh_systems
+
+    if st.system not in mesh_systems():
         return
     m, d = st.mesh, st.dmtet
     if d.resolution < 4 or d.radius <= 0 or not 0 < d.deformation_bound <= 1:
@@ -685,7 +575,7 @@ def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -
                           " (not a file)")
     if st.system == "mesh-texture":
         source = stages.get(st.init) if st.init else None
-        if source is None or source.system not in MESH_SYSTEMS:
+        if source is None or source.system not in mesh_systems():
             raise ConfigError(f"{p}.init: a mesh-texture stage textures the geometry of an earlier dmtet or "
                               f"dmtet-geometry stage; got {st.init!r}")
         if source.dmtet.resolution != d.resolution:
@@ -710,7 +600,7 @@ def _check_finite(node: Any, prefix: str = "") -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Check values that types alone cannot. Raises ConfigError (one line) on the first problem."""
-    from dream3d.registry import GUIDANCES, SYSTEMS
+    from dream3d.registry import GUIDANCES, SYSTEMS, mesh_systems
 
     if not cfg.prompt.strip():
         raise ConfigError('prompt: expected a non-empty text, e.g. prompt="a pineapple"')
@@ -771,7 +661,7 @@ def validate(cfg: RunConfig) -> None:
                 raise ConfigError(f"{p}.camera.{key}: expected a positive integer, got {getattr(c, key)}")
         r = st.renderer
         _choice(f"{p}.renderer.backend", r.backend,
-                ["auto", "torch", "nvdiffrast"] if st.system in MESH_SYSTEMS else ["auto", "torch"])
+                ["auto", "torch", "nvdiffrast"] if st.system in mesh_systems() else ["auto", "torch"])
         _choice(f"{p}.renderer.background", r.background, ["mlp", "solid", "random"])
         if r.num_samples <= 0:
             raise ConfigError(f"{p}.renderer.num_samples: expected a positive integer, got {r.num_samples}")
@@ -812,10 +702,11 @@ def to_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True, width=1000)
 
 
-def load_run_config(run_dir: Path) -> RunConfig:
-    """The stored config of a run folder as a RunConfig, without re-validating it (its prior may be elsewhere
-    now). One-line ConfigError naming the file when it is missing or not a dream3d config."""
-    path = Path(run_dir) / "config.yaml"
+def load_run_config(path: Path) -> RunConfig:
+    """A run folder's stored config file (:attr:`dream3d.rundir.RunFolder.config_path`) as a RunConfig, without
+    re-validating it (its prior may be elsewhere now). One-line ConfigError naming the file when it is missing
+    or not a dream3d config."""
+    path = Path(path)
     tree = load_stored(path)
     try:
         typed_tree, text = _split_text(tree, "stored run config")

@@ -1,9 +1,9 @@
-"""Quality of a generated mesh against the shape world: what ``dream3d eval <run folder>`` measures.
+r"""Quality of a generated mesh against the shape world: what ``dream3d eval <run folder>`` measures.
 
 The mesh and the prompt's true catalogue object are both normalised like the catalogue (centred on their
-bounding box, largest side :data:`~dream3d.prior.shapeworld.catalogue.OBJECT_EXTENT`) and rendered from the
+bounding box, largest side :data:`~dream3d.shapeworld.catalogue.OBJECT_EXTENT`) and rendered from the
 same turntable orbit (azimuth 0 = the canonical front, +Z), lit like the evaluation classifier's training
-images (:mod:`dream3d.prior.shapeworld.data`): white background, Lambert + ambient light from the camera.
+images (:mod:`dream3d.shapeworld.data`): white background, Lambert + ambient light from the camera.
 Framing, also as in training: a bounding sphere spans :data:`FILL` of the field of view :data:`FOVY` (the
 middles of the training ranges): the mesh's own sphere for the views the classifier sees, the larger of the
 two spheres for the silhouette comparison (same cameras for both meshes, both wholly in view). Figures:
@@ -15,6 +15,14 @@ two spheres for the silhouette comparison (same cameras for both meshes, both wh
 * ``object_accuracy`` / ``colour_accuracy``: the classifier's object kind / colour is the prompt's;
 * ``iou``: mean silhouette IoU (alpha > 0.5) against the true object; ``colour_error``: mean absolute albedo
   difference (RGB in [0, 1], averaged over channels) on the pixels both silhouettes cover;
+* ``volume_iou``: 3D shape, which no classifier judges: the IoU of the two normalised meshes' solid occupancy on
+  a :data:`VOLUME_RES`\ ^3 grid over [-0.5, 0.5]^3 (:func:`occupancy`: signed ray crossings along +-x, +-y, +-z,
+  inside where most of the six rays see a nonzero winding number, so the overlapping closed parts of the
+  composites count as their union and a small hole or a seam in a generated mesh does not empty it);
+  ``chamfer``: the symmetric mean distance between :data:`SURFACE_SAMPLES` area-weighted surface samples of each
+  mesh and the other's samples (:func:`chamfer_distance`), as a fraction of the normalised largest side (0 =
+  the same surface, ~0.01 the sampling noise; a cone for a pyramid ~0.04, a sphere for a cube ~0.12). Neither looks
+  at colour;
 * for objects with a front (``has_front``), from the classifier's *view head* (front / side / back /
   overhead, trained on true renders labelled by camera azimuth):
 
@@ -52,6 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.cameras import Cameras, turntable
+from dream3d.errors import Dream3DError
 from dream3d.io import write_json
 from dream3d.representations.mesh import TexturedMesh
 
@@ -61,14 +70,16 @@ AMBIENT = 0.35  # the middle of the training range (0.2..0.5)
 VIEW_MARGIN = 10.0  # degrees around the front/side and side/back boundaries left out of the view figures
 FRONT_THRESHOLD, OVERHEAD_THRESHOLD = 45.0, 60.0  # the camera view labels (CameraConfig defaults)
 FIGURES = ("r_precision", "object_accuracy", "colour_accuracy", "iou", "colour_error", "front_accuracy", "janus",
-           "front_azimuth")
+           "front_azimuth", "volume_iou", "chamfer")
+VOLUME_RES = 64  # occupancy grid cells per side for volume_iou (over [-0.5, 0.5]^3, the normalised objects' box)
+SURFACE_SAMPLES = 8192  # surface points per mesh for chamfer
+SHAPE_FIGURES = ("volume_iou", "chamfer")
 CLASSIFIER_FIGURES = ("r_precision", "object_accuracy", "colour_accuracy", "front_accuracy", "janus",
                       "front_azimuth")
-EVAL_FILE = "eval.json"
 SHIPPED_CLASSIFIER = "assets/priors/shapeworld/classifier"
 
 
-class EvalError(ValueError):
+class EvalError(Dream3DError, ValueError):
     """Bad run folder or evaluation input: the message is one line naming the file or key."""
 
 
@@ -79,7 +90,7 @@ class EvalError(ValueError):
 
 def match_prompt(prompt: str):
     """(caption without a view suffix, catalogue object or None): exact, case-insensitive caption match."""
-    from dream3d.prior.shapeworld.catalogue import VIEW_SUFFIXES, catalogue
+    from dream3d.shapeworld.catalogue import VIEW_SUFFIXES, catalogue
 
     text = " ".join(prompt.split())
     for suffix in VIEW_SUFFIXES.values():
@@ -93,7 +104,7 @@ def match_prompt(prompt: str):
 
 def normalise(mesh: TexturedMesh) -> TexturedMesh:
     """The mesh centred on its bounding box, scaled so its largest side is the catalogue's OBJECT_EXTENT."""
-    from dream3d.prior.shapeworld.catalogue import OBJECT_EXTENT
+    from dream3d.shapeworld.catalogue import OBJECT_EXTENT
 
     if mesh.num_faces == 0:
         raise EvalError("mesh has no faces: nothing to evaluate")
@@ -112,13 +123,13 @@ def eval_cameras(views: int, elevation: float, size: int, radius: float) -> Came
 
 def render_eval(mesh: TexturedMesh, cams: Cameras, ambient: float = AMBIENT) -> dict[str, Tensor]:
     """Shaded renders on white like the classifier's training data -> rgb [B,H,W,3], alpha [B,H,W,1], albedo."""
-    from dream3d.render.raster import render_textured
+    from dream3d.render.mesh import render_textured
 
     with torch.no_grad():
         out = render_textured(mesh, cams, ambient=1.0, background=0.0)  # antialiased, premultiplied albedo
     lambert = (out["normal"] * F.normalize(cams.position, dim=-1).view(-1, 1, 1, 3)).sum(-1, keepdim=True)
-    rgb = out["rgb"] * (ambient + (1.0 - ambient) * lambert.clamp_min(0.0)) + (1.0 - out["alpha"])
-    return {"rgb": rgb.clamp(0.0, 1.0), "alpha": out["alpha"], "albedo": out["albedo"]}
+    rgb = out["rgb"] * (ambient + (1.0 - ambient) * lambert.clamp_min(0.0)) + (1.0 - out["opacity"])
+    return {"rgb": rgb.clamp(0.0, 1.0), "alpha": out["opacity"], "albedo": out["albedo"]}
 
 
 def _counted(azimuth: float, label: str) -> bool:
@@ -130,6 +141,100 @@ def _counted(azimuth: float, label: str) -> bool:
 
 def _r(x: Optional[float], digits: int = 4) -> Optional[float]:
     return None if x is None else round(float(x), digits)
+
+
+def occupancy(verts: Tensor, faces: Tensor, res: int = VOLUME_RES, half: float = 0.5) -> Tensor:
+    """Solid occupancy of a triangle mesh at the cell centres of a ``res``^3 grid over [-half, half]^3 -> bool
+    [res,res,res] indexed [x,y,z].
+
+    Along each axis every grid column is a ray; the triangles it crosses (found by rasterising the triangles'
+    projections onto the column grid, column centres nudged off the grid lines so a ray never hits an edge
+    exactly) give a signed crossing count (the sign of the triangle normal along the ray). For a cell, the
+    crossings beyond it towards + and towards - are its winding number seen along that direction: nonzero
+    inside a closed surface, whatever its orientation, and inside the union of overlapping closed parts. A
+    cell is inside when at least 4 of its 6 rays (+-x, +-y, +-z) say so, so a hole, a missing cap or a seam
+    in a generated mesh only misleads the rays through it. Cost: proportional to the faces plus the columns
+    their projections cover; ~0.1 s for a 64^3 grid.
+    """
+    import numpy as np
+
+    v = verts.detach().double().cpu().numpy()
+    tri = v[faces.detach().cpu().numpy()]  # [F,3,3]
+    h = 2.0 * half / res
+    votes = np.zeros((res, res, res), np.int8)
+    nudge = (0.1234567 * h, 0.0765432 * h)  # column offsets: no ray through an edge or vertex on the grid lines
+    for axis, (a, b) in enumerate(((1, 2), (2, 0), (0, 1))):  # (a, b, axis) right-handed: cross2d = normal[axis]
+        p, depth = tri[:, :, [a, b]], tri[:, :, axis]
+        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+        area2 = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]  # twice the signed projected area
+        keep = np.abs(area2) > 1e-14  # edge-on triangles cross no column
+        p, depth, area2 = p[keep], depth[keep], area2[keep]
+        lo = np.ceil((p.min(1) + half - np.array(nudge)) / h - 0.5).astype(np.int64).clip(0, res)
+        hi = np.floor((p.max(1) + half - np.array(nudge)) / h - 0.5).astype(np.int64).clip(-1, res - 1)
+        span = (hi - lo + 1).clip(min=0)  # columns per triangle along a and b
+        count = span[:, 0] * span[:, 1]
+        total = int(count.sum())
+        hist = np.zeros((res, res, res + 1), np.int32)  # [column a, column b, samples below the crossing]
+        if total:
+            t = np.repeat(np.arange(len(count)), count)
+            local = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+            ia, ib = lo[t, 0] + local // span[t, 1], lo[t, 1] + local % span[t, 1]
+            q = np.stack([(ia + 0.5) * h - half + nudge[0], (ib + 0.5) * h - half + nudge[1]], -1)
+            pt = p[t]
+
+            def edge(i: int, j: int):
+                d, r = pt[:, j] - pt[:, i], q - pt[:, i]
+                return d[:, 0] * r[:, 1] - d[:, 1] * r[:, 0]
+
+            w0, w1, w2 = edge(1, 2), edge(2, 0), edge(0, 1)
+            s = np.sign(area2[t])
+            hit = (w0 * s >= 0) & (w1 * s >= 0) & (w2 * s >= 0)
+            t, ia, ib, s = t[hit], ia[hit], ib[hit], s[hit]
+            z = (w0[hit] * depth[t, 0] + w1[hit] * depth[t, 1] + w2[hit] * depth[t, 2]) / area2[t]
+            below = np.ceil((z + half) / h - 0.5).astype(np.int64).clip(0, res)  # samples k with centre_k < z
+            np.add.at(hist, (ia, ib, below), s.astype(np.int32))
+        ahead = np.cumsum(hist[..., ::-1], -1)[..., ::-1][..., 1:]  # crossings beyond sample k (towards +)
+        behind = np.cumsum(hist, -1)[..., :-1]  # crossings before sample k (towards -)
+        inside = (ahead != 0).astype(np.int8) + (behind != 0).astype(np.int8)  # [a, b, axis]
+        votes += np.moveaxis(inside, (0, 1, 2), (a, b, axis))
+    return torch.from_numpy(votes >= 4)
+
+
+def surface_samples(verts: Tensor, faces: Tensor, n: int = SURFACE_SAMPLES, seed: int = 0) -> Tensor:
+    """``n`` points [n,3] uniformly on a mesh's surface (area-weighted triangles, uniform barycentrics)."""
+    tri = verts.detach().float()[faces]
+    area = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1)
+    if not float(area.sum()) > 0:
+        return tri.reshape(-1, 3)[:1].expand(n, 3).clone()
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.multinomial(area.double(), n, replacement=True, generator=gen)
+    u, w = torch.rand(n, generator=gen).sqrt(), torch.rand(n, generator=gen)
+    t = tri[pick]
+    return (1 - u)[:, None] * t[:, 0] + (u * (1 - w))[:, None] * t[:, 1] + (u * w)[:, None] * t[:, 2]
+
+
+def chamfer_distance(a: Tensor, b: Tensor) -> float:
+    """Symmetric mean nearest-neighbour distance between point sets a [N,3] and b [M,3]: (mean over a of the
+    distance to b + mean over b of the distance to a) / 2."""
+    from scipy.spatial import cKDTree
+
+    a_np, b_np = a.detach().double().cpu().numpy(), b.detach().double().cpu().numpy()
+    d_ab, _ = cKDTree(b_np).query(a_np)
+    d_ba, _ = cKDTree(a_np).query(b_np)
+    return 0.5 * (float(d_ab.mean()) + float(d_ba.mean()))
+
+
+def shape_figures(mesh: TexturedMesh, true_mesh: TexturedMesh, res: int = VOLUME_RES) -> dict[str, float]:
+    """``volume_iou`` and ``chamfer`` (see the module docstring) of ``mesh`` against ``true_mesh``, both first
+    put through :func:`normalise` (the silhouette comparison's normalisation; idempotent)."""
+    from dream3d.shapeworld.catalogue import OBJECT_EXTENT
+
+    mesh, true_mesh = normalise(mesh), normalise(true_mesh)
+    occ, true_occ = occupancy(mesh.verts, mesh.faces, res), occupancy(true_mesh.verts, true_mesh.faces, res)
+    union = int((occ | true_occ).sum())
+    volume_iou = int((occ & true_occ).sum()) / union if union else 0.0
+    chamfer = chamfer_distance(surface_samples(mesh.verts, mesh.faces), surface_samples(true_mesh.verts, true_mesh.faces))
+    return {"volume_iou": volume_iou, "chamfer": chamfer / OBJECT_EXTENT}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -168,9 +273,12 @@ def _view_figures(rows: list[dict], probs: Tensor, views: list[str]) -> dict:
 
 def evaluate_mesh(
     mesh: TexturedMesh, prompt: str, classifier=None, views: int = 16, elevation: float = 15.0, size: int = 64,
+    volume_res: int = VOLUME_RES,
 ) -> dict:
     """Score ``mesh`` for ``prompt`` (see the module docstring). ``classifier``: a loaded
-    :class:`~dream3d.prior.shapeworld.classifier.ShapeClassifier`, or None for the classifier-free figures.
+    :class:`~dream3d.shapeworld.classifier.ShapeClassifier`, or None for the classifier-free figures.
+
+    ``volume_res``: the occupancy grid of ``volume_iou`` (cells per side).
 
     Returns a JSON-ready dict: prompt, caption, in_catalogue, object, has_front, settings, the figures of
     :data:`FIGURES` (None when unavailable), front_ok, coverage, top_caption, ``unavailable`` {figure: reason}
@@ -193,7 +301,7 @@ def evaluate_mesh(
     unavailable: dict[str, str] = {}
 
     if true_mesh is None:
-        for k in ("iou", "colour_error"):
+        for k in ("iou", "colour_error", *SHAPE_FIGURES):
             unavailable[k] = f"'{caption}' is not a catalogue caption: no true object to compare with"
     else:
         both = max(radius, float(true_mesh.verts.norm(dim=-1).max()))
@@ -203,6 +311,7 @@ def evaluate_mesh(
         figures["iou"], figures["colour_error"] = sum(iou) / len(iou), total
         for row, i, e in zip(rows, iou, errors):
             row.update(iou=_r(i), colour_error=_r(e))
+        figures.update(shape_figures(mesh, true_mesh, volume_res))
 
     top_caption = None
     if classifier is None:
@@ -244,6 +353,7 @@ def evaluate_mesh(
         "object": None if obj is None else obj.name, "has_front": None if obj is None else obj.has_front,
         "views": views, "elevation": float(elevation), "size": size, "fovy": FOVY,
         "distance": _r(float(cams.distance[0])),
+        "volume_res": volume_res,
         **{k: (_r(v, 2) if k == "front_azimuth" else _r(v)) for k, v in figures.items()},
         "front_ok": front_ok,
         "coverage": _r(float(coverage.mean())), "top_caption": top_caption,
@@ -283,35 +393,28 @@ def evaluate_run(
     """Evaluate a run's exported mesh (``export/model.glb``, exported first when missing) for its prompt and
     write ``<run>/eval.json`` atomically. Returns the result (:func:`evaluate_mesh` plus run, mesh, classifier,
     seconds)."""
-    from dream3d.config import ConfigError, load_run_config
     from dream3d.export.mesh import load_mesh
-    from dream3d.prior.shapeworld.classifier import load_classifier
+    from dream3d.rundir import RunFolder, check_writable
+    from dream3d.shapeworld.classifier import load_classifier
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise EvalError(f"{run_dir}: not a folder (expected a dream3d run folder)")
-    if not (run_dir / "config.yaml").is_file():
-        raise EvalError(f"{run_dir / 'config.yaml'}: not found (expected a dream3d run folder from dream3d fit)")
-    try:
-        cfg = load_run_config(run_dir)
-    except ConfigError as exc:
-        raise EvalError(f"{run_dir / 'config.yaml'}: {exc}") from None
+    run = RunFolder(run_dir)
+    cfg = run.read_config()
+    check_writable(run_dir, "run folder")  # eval.json is written at the end: find a read-only folder first
     if not cfg.prompt.strip():
-        raise EvalError(f"{run_dir / 'config.yaml'}: prompt is empty: nothing to evaluate against")
+        raise EvalError(f"{run.config_path}: prompt is empty: nothing to evaluate against")
     folder = find_classifier(cfg.prior, classifier_dir)
     try:
         classifier = load_classifier(folder)
     except (FileNotFoundError, KeyError, RuntimeError) as exc:
         raise EvalError(f"classifier {folder}: {str(exc).splitlines()[0]}") from None
-    glb = run_dir / "export" / "model.glb"
-    if not glb.is_file():
-        from dream3d.export.run import ExportError, export_run
+    from dream3d.export.run import ExportError, ensure_exported
 
-        try:
-            export_run(run_dir, ("glb",))
-        except ExportError as exc:
-            raise EvalError(f"{glb}: not found and cannot be exported ({exc})") from None
+    try:
+        glb = ensure_exported(run_dir)
+    except ExportError as exc:
+        raise EvalError(f"{run.mesh_path}: not found and cannot be exported ({exc})") from None
     try:
         mesh = load_mesh(glb)
     except ValueError as exc:
@@ -319,7 +422,7 @@ def evaluate_run(
     result = evaluate_mesh(mesh, cfg.prompt, classifier, views, elevation, size)
     result = {"run": str(run_dir), "mesh": str(glb.relative_to(run_dir)), "classifier": str(folder), **result,
               "seconds": round(time.perf_counter() - start, 2)}
-    write_json(run_dir / EVAL_FILE, result)
+    write_json(run.eval_path, result)
     return result
 
 
@@ -332,7 +435,9 @@ def format_table(result: dict) -> str:
     notes = {"r_precision": "top-1 caption among all catalogue captions is the prompt's",
              "iou": "silhouette IoU against the true object", "colour_error": "mean |albedo difference| where both cover",
              "front_accuracy": "classifier view = camera view", "janus": "side/back views the classifier calls front",
-             "front_azimuth": "where the classifier sees the front (0 = right)"}
+             "front_azimuth": "where the classifier sees the front (0 = right)",
+             "volume_iou": "3D occupancy IoU against the true object",
+             "chamfer": "mean surface distance to the true object / largest side"}
     for key in FIGURES:
         value = result.get(key)
         if value is None:

@@ -13,7 +13,8 @@ from typing import Callable, TypeVar
 
 T = TypeVar("T")
 
-# name -> "module:attribute"; kept as strings so config validation needs no heavy imports
+# name -> "module:attribute": the one list of system names; kept as strings so config validation needs no heavy
+# imports
 SYSTEMS: dict[str, str] = {
     "nerf-sds": "dream3d.systems.nerf:NeRFSystem",
     "dmtet": "dream3d.systems.mesh:DMTetSystem",
@@ -21,6 +22,11 @@ SYSTEMS: dict[str, str] = {
     "mesh-texture": "dream3d.systems.mesh:MeshTextureSystem",
 }
 GUIDANCES: dict[str, str] = {"sds": "dream3d.guidance.sds:SDSGuidance", "vsd": "dream3d.guidance.vsd:VSDGuidance"}
+
+
+def mesh_systems() -> tuple[str, ...]:
+    """The systems whose stages optimise a mesh (DMTet), not a volume: those implemented in systems.mesh."""
+    return tuple(name for name, where in SYSTEMS.items() if where.startswith("dream3d.systems.mesh:"))
 
 
 def resolve(table: dict[str, str], name: str, kind: str) -> Callable:

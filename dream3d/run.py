@@ -8,9 +8,7 @@ starts from it.
 
 from __future__ import annotations
 
-import datetime as _dt
 import platform
-import re
 import signal
 import time
 import warnings
@@ -22,7 +20,7 @@ from dream3d.config import RunConfig, to_yaml
 from dream3d.errors import Dream3DError, Terminated, fault_point, signal_exit_code
 from dream3d.io import write_text
 from dream3d.registry import SYSTEMS, resolve
-from dream3d.rundir import RunFolder, RunFolderError, check_writable
+from dream3d.rundir import RunFolder, RunFolderError
 
 
 class RunInterrupted(Dream3DError):
@@ -37,26 +35,6 @@ class RunFailed(Dream3DError):
     """The run stopped on a failure (a non-finite loss, a failed export): summary.json says "failed"."""
 
     exit_code = 1
-
-
-def slugify(text: str, max_len: int = 40) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return slug[:max_len].strip("-") or "run"
-
-
-def new_run_dir(cfg: RunConfig) -> Path:
-    """``<output_dir>/<recipe>/<name>``, checked to lie inside the output folder and to be writable."""
-    name = cfg.name or f"{slugify(cfg.prompt)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out = Path(cfg.output_dir)
-    path = out / cfg.recipe / name
-    if not path.resolve().is_relative_to(out.resolve()) or path.resolve() == out.resolve():
-        raise RunFolderError(f"name: run folder {path} would lie outside output_dir {out}")
-    if path.exists() and not path.is_dir():
-        raise RunFolderError(f"name: {path} is a file, expected a run folder")
-    if path.exists() and any(path.iterdir()):
-        raise FileExistsError(f"name: run folder {path} already exists; pass another name= or resume={path}")
-    check_writable(out, "output_dir")
-    return path
 
 
 def pick_device(name: str) -> torch.device:

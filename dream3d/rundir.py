@@ -8,7 +8,11 @@
         export/model.glb            the baked, textured mesh (+ model.obj/.mtl/.png, model.ply on request)
         export/turntable.mp4        turntable of the exported mesh
         summary.json                timings, losses, settings, status per stage, export figures
+        export/particle<k>/         model.glb and turntable.mp4 of particle k >= 1 (particles=N)
+        eval.json                   ``dream3d eval``'s figures
         .lock                       held (flock) by the one process working in the folder
+
+Every path of a run folder is spelled here and nowhere else.
 
 Everything read from a run folder is treated as untrusted: checkpoints load with ``weights_only=True``
 (tensors and plain containers only; a pickle that would run code is refused), the config with YAML's safe
@@ -18,13 +22,14 @@ loader, and every problem is a one-line :class:`RunFolderError` naming the file.
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import fcntl
 import json
 import os
 import pickle
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from dream3d.errors import Dream3DError
 from dream3d.io import write_json
@@ -32,6 +37,9 @@ from dream3d.io import write_json
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"
+EXPORT_DIR = "export"
+EVAL_FILE = "eval.json"
+MESH_FILE, VIDEO_FILE = "model.glb", "turntable.mp4"
 TEMP_NAME = re.compile(r"^\..+\.tmp\d+")  # io.atomic_path's temporary names
 
 
@@ -58,6 +66,55 @@ class RunFolder:
     def ckpt(self, stage: str) -> Path:
         return self.path / "ckpts" / stage / "last.ckpt"
 
+    def stage_dir(self, stage: str) -> Path:
+        """``stages/<stage>/``: ``val/step<N>.png`` grids and ``metrics.csv``."""
+        return self.path / "stages" / stage
+
+    def metrics_path(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "metrics.csv"
+
+    def validation_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "val"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / EXPORT_DIR
+
+    @property
+    def eval_path(self) -> Path:
+        return self.path / EVAL_FILE
+
+    @property
+    def mesh_path(self) -> Path:
+        """``export/model.glb``: particle 0's mesh, the run's result."""
+        return self.particle_dir(0) / MESH_FILE
+
+    def particle_dir(self, k: int) -> Path:
+        """Where particle ``k``'s files go: ``export/`` for particle 0 (the run's result), else
+        ``export/particle<k>/``."""
+        return self.export_dir / ("" if k == 0 else f"particle{k}")
+
+    def particle_dirs(self) -> list[Path]:
+        """The particles' export folders in order: ``export/`` (particle 0), then ``export/particle<k>/`` by k."""
+        numbered = [(int(m.group(1)), p) for p in self.export_dir.glob("particle*")
+                    if p.is_dir() and (m := re.fullmatch(r"particle(\d+)", p.name))]
+        return [self.export_dir] + [p for _, p in sorted(numbered)]
+
+    def particle_meshes(self) -> list[Path]:
+        """The particle meshes that exist: ``export/model.glb``, ``export/particle1/model.glb``, ..."""
+        return [p for p in (d / MESH_FILE for d in self.particle_dirs()) if p.is_file()]
+
+    def particle_videos(self) -> list[Path]:
+        """The particle turntables that exist: ``export/turntable.mp4``, ``export/particle1/turntable.mp4``, ..."""
+        return [p for p in (d / VIDEO_FILE for d in self.particle_dirs()) if p.is_file()]
+
+    def last_trained_stage(self, stages) -> Optional[str]:
+        """The last of ``stages`` (names, in order) that has a checkpoint, or None."""
+        for name in reversed(list(stages)):
+            if self.ckpt(name).is_file():
+                return name
+        return None
+
     # reading ----------------------------------------------------------------------------------------
     def require(self) -> "RunFolder":
         """Raise RunFolderError unless this is a folder with a config.yaml."""
@@ -73,7 +130,7 @@ class RunFolder:
 
         self.require()
         try:
-            return load_run_config(self.path)
+            return load_run_config(self.config_path)
         except ConfigError as exc:
             message = str(exc)
             raise RunFolderError(message if str(self.config_path) in message else f"{self.config_path}: {message}") \
@@ -119,6 +176,26 @@ class RunFolder:
         for p in stale:
             p.unlink(missing_ok=True)
         return stale
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].strip("-") or "run"
+
+
+def new_run_dir(cfg) -> Path:
+    """``<output_dir>/<recipe>/<name>``, checked to lie inside the output folder and to be writable."""
+    name = cfg.name or f"{slugify(cfg.prompt)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out = Path(cfg.output_dir)
+    path = out / cfg.recipe / name
+    if not path.resolve().is_relative_to(out.resolve()) or path.resolve() == out.resolve():
+        raise RunFolderError(f"name: run folder {path} would lie outside output_dir {out}")
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"name: {path} is a file, expected a run folder")
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"name: run folder {path} already exists; pass another name= or resume={path}")
+    check_writable(out, "output_dir")
+    return path
 
 
 def check_writable(folder: str | Path, key: str) -> None:

@@ -126,7 +126,8 @@ def main() -> int:
         prior_path = str(ROOT / DEFAULT_PRIOR) if (ROOT / DEFAULT_PRIOR).is_dir() else None
     tmp = None
     if prior_path is None:
-        from dream3d.prior.tiny import build_tiny_prior
+        sys.path.insert(0, str(ROOT / "tests"))  # the tiny random priors are a test fixture
+        from tiny_prior import build_tiny_prior
 
         tmp = tempfile.TemporaryDirectory()
         if args.tiny == "pixel":

@@ -7,7 +7,7 @@
 Writes into the prior's folder: ``evaluation.json`` (every figure), ``samples.png`` (the first sample of every
 caption, in catalogue order, 8 a row) and the tables of its model card (``README.md``, between the
 ``<!-- evaluation:begin -->`` and ``<!-- evaluation:end -->`` markers). Prints the overall figures and the
-seconds one 20-step image takes. See :mod:`dream3d.prior.shapeworld.evaluate`.
+seconds one 20-step image takes. See :mod:`dream3d.shapeworld.evaluate`.
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from dream3d.prior import load_prior
     from dream3d.prior.sample import save_grid
-    from dream3d.prior.shapeworld.classifier import load_classifier
-    from dream3d.prior.shapeworld.evaluate import evaluate_prior, markdown_tables, summary_json, time_one_image
+    from dream3d.shapeworld.classifier import load_classifier
+    from dream3d.shapeworld.evaluate import evaluate_prior, markdown_tables, summary_json, time_one_image
 
     prior_dir = Path(args.prior)
     prior = load_prior(str(prior_dir))

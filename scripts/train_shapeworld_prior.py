@@ -7,7 +7,7 @@
     .venv/bin/python scripts/train_shapeworld_prior.py --probe               # time one step of each stage
 
 Stages: render data (cached in --cache) -> tokenizer -> VAE -> text encoder + UNet -> classifier -> save in
-the Stable Diffusion layout. See :mod:`dream3d.prior.shapeworld.train`.
+the Stable Diffusion layout. See :mod:`dream3d.shapeworld.train`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dream3d.prior.shapeworld.train import preset, probe, train  # noqa: E402
+from dream3d.shapeworld.config import preset  # noqa: E402
+from dream3d.shapeworld.train import probe, train  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny, randomly initialised diffusers priors saved with save_pretrained (real models)."""
+"""Shared fixtures: tiny, randomly initialised diffusers priors saved with save_pretrained (real models), built by
+``tests/tiny_prior.py``."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def latent_prior_dir(tmp_path_factory):
-    from dream3d.prior.tiny import build_tiny_prior
+    from tiny_prior import build_tiny_prior
 
     return build_tiny_prior(tmp_path_factory.mktemp("prior") / "latent", latent=True)
 
 
 @pytest.fixture(scope="session")
 def pixel_prior_dir(tmp_path_factory):
-    from dream3d.prior.tiny import build_tiny_prior
+    from tiny_prior import build_tiny_prior
 
     return build_tiny_prior(tmp_path_factory.mktemp("prior") / "pixel", latent=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,171 @@ def test_table_groups_seeds_per_recipe_and_prompt(benchmark):
     assert cube[1] == "a red cube" and cube[2] == "2" and cube[3] == "150 ± 10" and cube[4] == "110 ± 10"
     assert "0.70 ± 0.10" in lines[2] and "n/a" in lines[2]  # IoU over two seeds; no Janus for a cube
     assert snowman[2] == "1" and "0.25" in lines[3]
+
+
+# ----------------------------------------------------------------------------------------- catalogue benchmark
+
+
+def _fig(prompt, kind, colour, has_front, recipe="magic3d", seed=0, **figures):
+    base = {"r_precision": 1.0, "object_accuracy": 1.0, "colour_accuracy": 1.0, "iou": 0.9, "colour_error": 0.05,
+            "janus": 0.0 if has_front else None, "front_ok": True if has_front else None,
+            "front_accuracy": 1.0 if has_front else None, "volume_iou": 0.8, "chamfer": 0.02, "total_s": 100.0}
+    base.update(figures)
+    row = {"recipe": recipe, "prompt": prompt, "seed": seed, "kind": kind, "colour": colour, "has_front": has_front,
+           "object": None, "run": "nowhere", "top_caption": prompt, **base}
+    return row
+
+
+def _judged(benchmark, row):
+    row["pass"], row["failed"] = benchmark.pass_check(row)
+    return row
+
+
+def test_pass_criterion(benchmark):
+    assert benchmark.pass_check(_fig("a red cube", "cube", "red", False)) == (True, [])
+    edge = _fig("a red cube", "cube", "red", False, r_precision=0.9, iou=0.8, colour_error=0.10)
+    assert benchmark.pass_check(edge)[0]  # the thresholds themselves pass
+    for change, needle in [({"r_precision": 0.875}, "r_precision"), ({"iou": 0.79}, "iou"),
+                           ({"colour_error": 0.11}, "colour_error"), ({"iou": None}, "iou")]:
+        ok, failed = benchmark.pass_check(_fig("a red cube", "cube", "red", False, **change))
+        assert not ok and len(failed) == 1 and needle in failed[0], (change, failed)
+    # a front: Janus must be 0 and the front found within 45 degrees; objects without one ignore both
+    assert benchmark.pass_check(_fig("a car", "composite", "mixed", True))[0]
+    assert benchmark.pass_check(_fig("a car", "composite", "mixed", True, janus=0.11)) == (False, ["janus == 0.0"])
+    assert benchmark.pass_check(_fig("a car", "composite", "mixed", True, front_ok=False)) == (False, ["front_ok"])
+    assert benchmark.pass_check(_fig("a tree", "composite", "mixed", False, janus=None, front_ok=None))[0]
+    # volume IoU is reported, not judged; outside the catalogue there is nothing to judge; errors fail
+    assert benchmark.pass_check(_fig("a red cube", "cube", "red", False, volume_iou=0.1))[0]
+    assert benchmark.pass_check(_fig("a dragon", "not in catalogue", None, None)) == (None, [])
+    assert benchmark.pass_check({"error": "fit failed", "has_front": False}) == (False, ["error"])
+
+
+def test_aggregates_by_kind_and_colour(benchmark):
+    rows = [_judged(benchmark, r) for r in [
+        _fig("a red cube", "cube", "red", False, iou=0.9, volume_iou=0.9),
+        _fig("a blue cube", "cube", "blue", False, iou=0.5, volume_iou=0.5),  # fails
+        _fig("a red sphere", "sphere", "red", False, colour_error=0.3, total_s=300.0),  # fails
+        _fig("a car", "composite", "mixed", True, janus=0.25, front_ok=False, front_accuracy=0.5),  # fails
+        _fig("a snowman", "composite", "mixed", True),
+    ]]
+    overall = benchmark.group_by(rows, None)
+    assert list(overall) == [("magic3d", "all")]
+    a = overall[("magic3d", "all")]
+    assert a["runs"] == 5 and a["passed"] == 2 and a["pass rate"] == pytest.approx(0.4)
+    assert a["janus"] == pytest.approx(0.125) and a["front found"] == pytest.approx(0.5)  # objects with a front only
+    assert a["front_accuracy"] == pytest.approx(0.75) and a["wall s"] == pytest.approx(140.0)
+    kinds = benchmark.group_by(rows, "kind")
+    assert list(kinds) == [("magic3d", "cube"), ("magic3d", "sphere"), ("magic3d", "composite")]
+    cube = kinds[("magic3d", "cube")]
+    assert cube["runs"] == 2 and cube["pass rate"] == 0.5 and cube["iou"] == pytest.approx(0.7)
+    assert cube["volume_iou"] == pytest.approx(0.7) and cube["janus"] is None and cube["front found"] is None
+    colours = benchmark.group_by(rows, "colour")
+    assert colours[("magic3d", "red")]["runs"] == 2 and colours[("magic3d", "red")]["pass rate"] == 0.5
+    assert colours[("magic3d", "mixed")]["runs"] == 2
+    markdown, aggregates = benchmark.report(rows, "header")
+    assert "## By kind" in markdown and "## By colour" in markdown and "0.40 (2/5)" in markdown
+    assert aggregates["by_kind"]["magic3d / cube"]["runs"] == 2
+    lines = benchmark.rows_table(rows).splitlines()
+    assert len(lines) == 2 + len(rows) and "**pass**" in lines[2] and "janus == 0.0, front_ok" in lines[5]
+
+
+def test_ranking_best_and_worst(benchmark):
+    rows = [_judged(benchmark, _fig(f"p{k}", "cube", "red", False, volume_iou=k / 20)) for k in range(12)]
+    rows[3]["iou"] = 0.1
+    rows[3]["pass"], rows[3]["failed"] = benchmark.pass_check(rows[3])
+    rows.append({**_fig("broken", "cube", "red", False), "error": "fit failed", "pass": False, "failed": ["error"]})
+    best, worst = benchmark.best_and_worst(rows)
+    assert [r["prompt"] for r in best] == ["p11", "p10", "p9", "p8", "p7"]  # passes first, then volume IoU
+    assert [r["prompt"] for r in worst] == ["p2", "p1", "p0", "p3", "broken"]  # failures and errors last
+    few = benchmark.best_and_worst(rows[:6])
+    assert len(few[0]) == 5 and len(few[1]) == 1  # never the same row twice
+
+
+def test_subset_covers_every_primitive_kind_and_composite(benchmark):
+    from dream3d.shapeworld.catalogue import catalogue, get
+    from dream3d.shapeworld.primitives import PRIMITIVES
+
+    prompts = benchmark.subset_prompts()
+    assert len(prompts) == 16 == len(set(prompts))
+    described = [benchmark.describe(p) for p in prompts]
+    assert {d["kind"] for d in described} == set(PRIMITIVES) | {"composite"}
+    composites = {o.name for o in catalogue() if o.category != "primitive"}
+    assert {d["object"] for d in described if d["kind"] == "composite"} == composites
+    assert all(get(p).caption == p for p in prompts)
+    assert len(benchmark.catalogue_prompts()) == 58
+    assert benchmark.describe("a purple torus") == {"object": "purple_torus", "kind": "torus", "colour": "purple",
+                                                    "has_front": False}
+    assert benchmark.describe("a dragon")["object"] is None
+
+
+def test_contact_sheet_writer(benchmark, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    red = np.zeros((16, 16, 3), np.uint8)
+    red[..., 0] = 255
+    row = _judged(benchmark, _fig("a red cube", "cube", "red", False))
+    labels = benchmark.sheet_labels(row)
+    assert labels[0] == "a red cube (seed 0)" and "PASS" in labels[1] and any("vol IoU 0.80" in t for t in labels)
+    path = benchmark.write_sheet([("best", [(labels, [red, red, None])]), ("worst", [(["x", "FAIL"], [red])])],
+                                 tmp_path / "sheet.png", title="test", label_width=100)
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape[1] == 100 + 3 * (16 + 4)
+    assert (image == [255, 0, 0]).all(-1).sum() == 3 * 16 * 16  # three red frames pasted whole
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_parse_args_and_job_environment(benchmark):
+    a = benchmark.parse_args(["--subset", "--recipe", "dreamfusion", "--jobs", "3", "--name", "x"])
+    assert a.subset and a.recipes == "dreamfusion" and a.jobs == 3 and a.name == "x" and a.seeds is None
+    assert benchmark.parse_args(["--catalogue", "--seeds", "2"]).seeds == 2
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(["--catalogue", "--subset"])
+    env = benchmark.job_env(1)
+    assert env["OMP_NUM_THREADS"] == "1" and env["MKL_NUM_THREADS"] == "1"
+
+
+def test_resume_reuses_a_finished_run(benchmark, tmp_path, monkeypatch):
+    """A run folder with eval.json and the benchmark's own record (same settings) is not fitted again."""
+    run = tmp_path / "runs" / "magic3d" / "a-red-cube-s0"
+    run.mkdir(parents=True)
+    figures = {k: 0.5 for k in benchmark.FIGURES} | {"janus": None, "front_ok": None, "top_caption": "a red cube"}
+    (run / "eval.json").write_text(json.dumps(figures))
+    (run / "summary.json").write_text(json.dumps({"stages": {"coarse": {"wall_s": 10.0}}, "peak_rss_mb": 900}))
+    (run / benchmark.RUN_FILE).write_text(json.dumps({"settings": benchmark._settings(None), "fit_s": 90.0,
+                                                      "eval_s": 10.0, "total_s": 100.0}))
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("resumed run started a subprocess")
+
+    monkeypatch.setattr(benchmark, "_run", no_subprocess)
+    row = benchmark.run_one("magic3d", "a red cube", 0, None, tmp_path, fresh=False)
+    assert row["resumed"] and row["total_s"] == 100.0 and row["iou"] == 0.5 and row["kind"] == "cube"
+    assert row["pass"] is False and "r_precision >= 0.9" in row["failed"]
+    with pytest.raises(AssertionError):  # other settings (or --fresh): fitted again
+        benchmark.run_one("magic3d", "a red cube", 0, 100, tmp_path, fresh=False)
+
+
+def test_run_all_runs_jobs_at_once_and_keeps_the_order(benchmark, monkeypatch, capsys):
+    import threading
+    import time
+
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def fake_run_one(recipe, prompt, seed, steps, out, threads, fresh):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05 if prompt != "a red cube" else 0.15)
+        with lock:
+            running[0] -= 1
+        if prompt == "a mug":
+            raise KeyError("bug")  # a crash becomes an error row, the other runs go on
+        return _judged(benchmark, _fig(prompt, "cube", "red", False, seed=seed, recipe=recipe))
+
+    monkeypatch.setattr(benchmark, "run_one", fake_run_one)
+    tasks = [("magic3d", p, 0) for p in ("a red cube", "a blue cube", "a mug", "a car")]
+    rows = benchmark.run_all(tasks, None, Path("."), jobs=2, threads=1, fresh=False)
+    assert peak[0] == 2 and [r["prompt"] for r in rows] == ["a red cube", "a blue cube", "a mug", "a car"]
+    assert rows[2]["error"].startswith("KeyError") and rows[2]["pass"] is False and rows[0]["pass"]
+    assert "[4/4" in capsys.readouterr().out

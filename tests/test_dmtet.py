@@ -15,9 +15,7 @@ import trimesh
 from dream3d.cameras import turntable
 from dream3d.export.mesh import signed_volume
 from dream3d.fields import HashGridConfig
-from dream3d.prior.shapeworld import get
-from dream3d.prior.shapeworld import primitives as P
-from dream3d.render.raster import render_mesh
+from dream3d.render.mesh import render_mesh
 from dream3d.representations import dmtet as dmtet_module
 from dream3d.representations import tets as tet_module
 from dream3d.representations.dmtet import (
@@ -37,6 +35,8 @@ from dream3d.representations.tets import (
     tet_cache_dir,
     tet_volumes,
 )
+from dream3d.shapeworld import get
+from dream3d.shapeworld import primitives as P
 
 SMALL_ENCODING = HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, max_resolution=64)
 
@@ -257,7 +257,7 @@ def test_render_gradients_reach_sdf_and_deformation_and_fitting_a_silhouette_wor
     cams = turntable(4, elevation=20.0, distance=1.6, fovy=45.0, size=48)
     box = P.box(0.6, 0.35, 0.45)
     with torch.no_grad():
-        target = render_mesh(box.verts, box.faces, torch.ones_like(box.verts), cams)["alpha"]
+        target = render_mesh(box.verts, box.faces, cams, torch.ones_like(box.verts))["opacity"]
     dmtet = _dmtet(cache_dir, 24).init_from_sdf(lambda x: x.norm(dim=-1) - 0.3)
     h = dmtet.cell_size
     opt = torch.optim.Adam([{"params": [dmtet.sdf], "lr": 0.3 * h}, {"params": [dmtet.deformation], "lr": 0.05}])
@@ -297,7 +297,7 @@ def test_init_from_density_reproduces_the_silhouette(cache_dir):
     density = lambda x: 100.0 * torch.sigmoid(-sdf(x) / 0.002)  # noqa: E731  a sharp field, like a trained NeRF
     cams = turntable(8, elevation=20.0, distance=1.6, fovy=45.0, size=64)
     with torch.no_grad():
-        target = render_mesh(mesh.verts, mesh.faces, torch.ones_like(mesh.verts), cams)["alpha"]
+        target = render_mesh(mesh.verts, mesh.faces, cams, torch.ones_like(mesh.verts))["opacity"]
     dmtet = _dmtet(cache_dir, 32)
     ious = []
     for steps in (0, 150):
@@ -317,7 +317,7 @@ def test_init_from_mesh_reproduces_shape_world_objects(cache_dir):
         dmtet.init_from_mesh(obj.verts, obj.faces)
         _check_closed_outward(*dmtet.mesh())
         with torch.no_grad():
-            target = render_mesh(obj.verts, obj.faces, obj.colors, cams)["alpha"]
+            target = render_mesh(obj.verts, obj.faces, cams, obj.colors)["opacity"]
             iou = _iou(render_dmtet(dmtet, cams)["opacity"], target)
         assert iou >= 0.93, (name, iou)
 

@@ -18,13 +18,18 @@ from dream3d.eval import (
     FIGURES,
     SHIPPED_CLASSIFIER,
     _view_figures,
+    chamfer_distance,
     evaluate_mesh,
+    format_table,
     match_prompt,
+    occupancy,
+    shape_figures,
+    surface_samples,
 )
 from dream3d.io import write_text
-from dream3d.prior.shapeworld import export_glb, get
-from dream3d.prior.shapeworld.classifier import ShapeClassifier, class_table, load_classifier, save_classifier
 from dream3d.representations.mesh import TexturedMesh
+from dream3d.shapeworld import get
+from dream3d.shapeworld.classifier import ShapeClassifier, class_table, load_classifier, save_classifier
 
 # the trained evaluation classifier; DREAM3D_EVAL_CLASSIFIER points the acceptance tests at another folder
 CLASSIFIER = Path(os.environ.get("DREAM3D_EVAL_CLASSIFIER", PROJECT_ROOT / SHIPPED_CLASSIFIER))
@@ -146,7 +151,7 @@ def test_outside_the_catalogue_reports_what_it_can(untrained_classifier_dir):
 
 def make_run(folder: Path, prompt: str, prior: str = "assets/priors/shapeworld", mesh: str = "snowman") -> Path:
     write_text(folder / "config.yaml", to_yaml(RunConfig(prompt=prompt, prior=prior)))
-    export_glb(get(mesh), folder / "export" / "model.glb")
+    cli.export_shape_glb(get(mesh), folder / "export" / "model.glb")
     return folder
 
 
@@ -160,6 +165,7 @@ def test_eval_command_writes_eval_json(tmp_path, capsys, untrained_classifier_di
     data = json.loads((run / "eval.json").read_text())
     assert data["object"] == "snowman" and data["views"] == 4 and len(data["per_view"]) == 4
     assert data["iou"] >= 0.95 and data["colour_error"] < 0.02  # the GLB round trip keeps the vertex colours
+    assert data["volume_iou"] >= 0.99 and data["chamfer"] < 0.01  # ... and the geometry
     assert Path(data["classifier"]) == (prior / "classifier").resolve()
     assert not list(run.glob(".*tmp*"))  # written atomically
 
@@ -179,3 +185,58 @@ def test_eval_command_errors_in_one_line(tmp_path, capsys, args, needle):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err
     assert not (run / "eval.json").exists()
+
+
+# ----------------------------------------------------------------------------------------- 3D shape figures
+
+
+def test_shape_figures_true_object_against_itself():
+    for name in ("snowman", "red_cube", "chair"):
+        r = evaluate_mesh(true_mesh(name, scale=1.7, shift=(0.2, -0.4, 0.1)), get(name).caption, None, views=2)
+        assert r["volume_iou"] >= 0.99 and r["chamfer"] <= 0.005, (name, r["volume_iou"], r["chamfer"])
+    assert "3D occupancy IoU" in format_table(r) and "chamfer" in format_table(r)
+
+
+@pytest.mark.parametrize("name, other, max_iou, min_chamfer", [
+    ("red_sphere", "red_torus", 0.4, 0.08),  # same silhouette width, a hole through the middle
+    ("red_cube", "blue_sphere", 0.6, 0.08),
+    ("chair", "table", 0.1, 0.1),
+    ("snowman", "red_cylinder", 0.5, 0.05),
+])
+def test_shape_figures_tell_different_shapes_apart(name, other, max_iou, min_chamfer):
+    f = shape_figures(true_mesh(other), true_mesh(name))
+    assert f["volume_iou"] <= max_iou and f["chamfer"] >= min_chamfer, f
+
+
+def test_shape_figures_turned_object_scores_lower():
+    straight, turned = shape_figures(true_mesh("car"), true_mesh("car")), shape_figures(true_mesh("car", 90.0), true_mesh("car"))
+    assert straight["volume_iou"] == 1.0 and turned["volume_iou"] < 0.5 and turned["chamfer"] > 0.04
+
+
+def test_occupancy_volumes_and_robustness():
+    """Cube and sphere volumes; overlapping parts count as their union; orientation and small holes do not matter."""
+    cube, sphere = get("red_cube"), get("red_sphere")
+    cell = (1 / 64) ** 3
+    assert float(occupancy(cube.verts, cube.faces).sum()) * cell == pytest.approx(0.9 ** 3, rel=0.03)
+    assert float(occupancy(sphere.verts, sphere.faces).sum()) * cell == pytest.approx(math.pi / 6 * 0.9 ** 3, rel=0.03)
+    inverted = occupancy(cube.verts, cube.faces.flip(1))
+    assert torch.equal(inverted, occupancy(cube.verts, cube.faces))
+    # two overlapping copies of the sphere (an overlapping union, as in the composites): the same solid
+    doubled = occupancy(torch.cat([sphere.verts, sphere.verts * 0.7]),
+                        torch.cat([sphere.faces, sphere.faces + sphere.verts.shape[0]]))
+    assert torch.equal(doubled, occupancy(sphere.verts, sphere.faces))
+    keep = torch.rand(sphere.num_faces, generator=torch.Generator().manual_seed(0)) > 0.05  # 5% of faces missing
+    holey = occupancy(sphere.verts, sphere.faces[keep])
+    full = occupancy(sphere.verts, sphere.faces)
+    assert float((holey & full).sum()) / float((holey | full).sum()) > 0.98
+
+
+def test_shape_figures_are_fast():
+    import time
+
+    start = time.perf_counter()
+    shape_figures(true_mesh("pineapple"), true_mesh("snowman"))
+    assert time.perf_counter() - start < 2.0
+    assert chamfer_distance(torch.zeros(4, 3), torch.ones(3, 3)) == pytest.approx(math.sqrt(3))
+    pts = surface_samples(get("red_cube").verts, get("red_cube").faces, 512)
+    assert pts.shape == (512, 3) and float(pts.abs().max()) <= 0.45 + 1e-5

@@ -10,10 +10,10 @@ from torch import nn
 from dream3d.cameras import turntable
 from dream3d.config import RendererConfig
 from dream3d.export.mesh import bake_mesh
-from dream3d.prior.shapeworld import get
 from dream3d.render.background import Background
-from dream3d.render.raster import render_textured
+from dream3d.render.mesh import render_textured
 from dream3d.render.volume import VolumeRenderer
+from dream3d.shapeworld import get
 
 RADIUS, GRID, INSIDE = 0.6, 64, 200.0
 
@@ -77,7 +77,7 @@ def test_baked_mesh_matches_the_field_from_eight_views():
         rays_o, rays_d = cams.rays()
         vol = renderer(field, background, rays_o, rays_d, cams.light_position, "albedo")
         ras = render_textured(mesh, cams)
-    vol_mask, mesh_mask = vol["opacity"][..., 0] > 0.5, ras["alpha"][..., 0] > 0.5
+    vol_mask, mesh_mask = vol["opacity"][..., 0] > 0.5, ras["opacity"][..., 0] > 0.5
     iou = (vol_mask & mesh_mask).sum() / (vol_mask | mesh_mask).sum()
     both = vol_mask & mesh_mask
     vol_colour = vol["rgb"] / vol["opacity"].clamp_min(1e-6) - (1 - vol["opacity"]) / vol["opacity"].clamp_min(1e-6)

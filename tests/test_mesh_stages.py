@@ -11,7 +11,7 @@ import torch
 from dream3d.cameras import turntable
 from dream3d.config import ConfigError, NeRFConfig, load_config
 from dream3d.export.mesh import load_mesh
-from dream3d.render.raster import render_mesh
+from dream3d.render.mesh import render_mesh
 from dream3d.representations.dmtet import DMTet, DMTetConfig, render_dmtet
 from dream3d.representations.nerf import NeRF
 from dream3d.run import fit
@@ -51,8 +51,8 @@ def test_dmtet_from_a_nerf_of_a_known_object_keeps_its_silhouette():
     cams = turntable(8, elevation=25.0, distance=2.2, fovy=50.0, size=64)
     with torch.no_grad():
         ours = render_dmtet(dmtet, cams)["opacity"][..., 0] > 0.5
-        truth = render_mesh(torch.tensor(cube.vertices, dtype=torch.float32), torch.tensor(cube.faces),
-                            torch.ones(len(cube.vertices), 3), cams)["alpha"][..., 0] > 0.5
+        truth = render_mesh(torch.tensor(cube.vertices, dtype=torch.float32), torch.tensor(cube.faces), cams,
+                            torch.ones(len(cube.vertices), 3))["opacity"][..., 0] > 0.5
     iou = ((ours & truth).flatten(1).sum(1) / (ours | truth).flatten(1).sum(1)).tolist()
     assert min(iou) >= 0.9, iou
 

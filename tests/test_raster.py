@@ -5,20 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dream3d.cameras import Cameras, look_at_c2w, make_cameras
-from dream3d.prior.shapeworld.primitives import cube, sphere
+from dream3d.render.mesh import render_mesh, render_textured
+from dream3d.render.mesh_geometry import edge_topology
 from dream3d.render.raster import (
     antialias,
     clip_to_pixels,
-    edge_topology,
     interpolate,
     mvp_from_cameras,
     perspective,
     rasterize,
-    render_mesh,
     transform,
 )
+from dream3d.render.shading import shade
+from dream3d.shapeworld.primitives import cube, sphere
 
 
 def _camera(elevation: float, azimuth: float, distance: float = 2.0, fovy: float = 50.0, size: int = 64) -> Cameras:
@@ -129,9 +131,9 @@ def test_cube_silhouette_area(elevation, azimuth):
     cams = _camera(elevation, azimuth, size=96)
     verts, faces = cube(0.7)
     expected = _projected_hull_area(verts, cams)
-    out = render_mesh(verts, faces, torch.ones_like(verts), cams)
+    out = render_mesh(verts, faces, cams, torch.ones_like(verts))
     hard = float(rasterize(transform(verts, mvp_from_cameras(cams)), faces, 96, 96).mask.sum())
-    soft = float(out["alpha"].sum())
+    soft = float(out["opacity"].sum())
     perimeter = 4 * expected**0.5
     assert abs(hard - expected) < 0.5 * perimeter  # pixel counting: off by at most half the boundary pixels
     assert abs(soft - expected) < 0.005 * expected  # antialiased coverage is close to the exact area
@@ -141,8 +143,8 @@ def test_antialias_gives_silhouette_gradients():
     cams = _camera(25.0, 35.0, size=64)
     verts, faces = cube(0.7)
     verts = verts.clone().requires_grad_(True)
-    out = render_mesh(verts, faces, torch.full_like(verts, 0.5), cams)
-    out["alpha"].sum().backward()
+    out = render_mesh(verts, faces, cams, torch.full_like(verts, 0.5))
+    out["opacity"].sum().backward()
     grad = verts.grad
     assert grad.abs().sum() > 0
     # the gradient of the covered area w.r.t. a uniform scale matches the analytic projected hull area
@@ -152,7 +154,7 @@ def test_antialias_gives_silhouette_gradients():
     assert float((grad * verts.detach()).sum()) == pytest.approx(d_area, rel=0.05)
     # without antialiasing, coverage is piecewise constant: no gradient reaches the positions through alpha
     plain = verts.detach().clone().requires_grad_(True)
-    render_mesh(plain, faces, torch.full_like(plain, 0.5), cams, antialiased=False)["alpha"].sum().backward()
+    render_mesh(plain, faces, cams, torch.full_like(plain, 0.5), antialiased=False)["opacity"].sum().backward()
     assert plain.grad is None or plain.grad.abs().sum() == 0
 
 
@@ -161,7 +163,7 @@ def test_antialias_handles_fine_tessellation():
     cams = _camera(15.0, 0.0, distance=1.75, fovy=55.0, size=64)
     verts, faces = sphere(0.5, rings=48, segments=96)
     verts = verts.clone().requires_grad_(True)
-    alpha = render_mesh(verts, faces, torch.ones_like(verts), cams)["alpha"]
+    alpha = render_mesh(verts, faces, cams, torch.ones_like(verts))["opacity"]
     alpha.sum().backward()
     expected = _sphere_disc_area(0.5, 1.75, cams)
     assert float(alpha.detach().sum()) == pytest.approx(expected, rel=0.01)
@@ -233,13 +235,13 @@ def test_render_mesh_outputs():
     cams = _camera(20.0, 30.0, size=32)
     verts, faces = sphere(0.4, 8, 16)
     colors = torch.tensor([0.9, 0.2, 0.1]).expand(faces.shape[0], 3)  # per-face colours
-    out = render_mesh(verts, faces, colors, cams, background=1.0)
-    assert out["rgb"].shape == (1, 32, 32, 3) and out["alpha"].shape == (1, 32, 32, 1)
+    out = render_mesh(verts, faces, cams, colors, background=1.0)
+    assert out["rgb"].shape == (1, 32, 32, 3) and out["opacity"].shape == (1, 32, 32, 1)
     assert out["normal"].shape == (1, 32, 32, 3) and out["depth"].shape == (1, 32, 32, 1)
     assert torch.allclose(out["rgb"][0, 0, 0], torch.ones(3))  # white background
     centre = out["rgb"][0, 16, 16]
     assert centre[0] > centre[1] and centre[0] > centre[2]
-    mask = out["alpha"][0, ..., 0] > 0.999
+    mask = out["opacity"][0, ..., 0] > 0.999
     assert torch.allclose(out["normal"][0][mask].norm(dim=-1), torch.ones(int(mask.sum())), atol=1e-5)
 
 
@@ -258,9 +260,9 @@ def test_render_mesh_texture_orientation_and_gradients():
     verts, faces, uv, texture = _textured_quad()
     texture = texture.clone().requires_grad_(True)
     cams = _camera(0.0, 0.0, distance=2.0, fovy=40.0, size=48)
-    out = render_mesh(verts, faces, None, cams, uv=uv, texture=texture, ambient=1.0)
+    out = render_mesh(verts, faces, cams, uv=uv, texture=texture, ambient=1.0)
     albedo = out["albedo"][0]
-    mask = out["alpha"][0, ..., 0] > 0.999
+    mask = out["opacity"][0, ..., 0] > 0.999
     # the texture's top-left texel shows at the quad's top-left (image row 0 is the top, v = 0 is texture row 0)
     rows, cols = mask.nonzero(as_tuple=True)
     top, bottom, left, right = int(rows.min()) + 1, int(rows.max()) - 1, int(cols.min()) + 1, int(cols.max()) - 1
@@ -278,21 +280,59 @@ def test_render_mesh_texture_orientation_and_gradients():
 
 
 def test_render_textured_picks_texture_colours_or_grey():
-    from dream3d.render.raster import render_textured
     from dream3d.representations.mesh import TexturedMesh
 
     verts, faces, uv, texture = _textured_quad()
     cams = _camera(0.0, 0.0, distance=2.0, fovy=40.0, size=24)
     textured = render_textured(TexturedMesh(verts, faces, uv=uv, texture=texture), cams)
-    direct = render_mesh(verts, faces, None, cams, uv=uv, texture=texture)
+    direct = render_mesh(verts, faces, cams, uv=uv, texture=texture)
     assert torch.equal(textured["rgb"], direct["rgb"])
     colours = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
     coloured = render_textured(TexturedMesh(verts, faces, vertex_colors=colours), cams)
-    assert torch.equal(coloured["rgb"], render_mesh(verts, faces, colours, cams)["rgb"])
+    assert torch.equal(coloured["rgb"], render_mesh(verts, faces, cams, colours)["rgb"])
     grey = render_textured(TexturedMesh(verts, faces), cams, ambient=1.0)
-    mask = grey["alpha"][0, ..., 0] > 0.999
+    mask = grey["opacity"][0, ..., 0] > 0.999
     assert torch.allclose(grey["rgb"][0][mask], torch.full((int(mask.sum()), 3), 0.7))
     with pytest.raises(ValueError, match="uv and texture"):
-        render_mesh(verts, faces, None, cams, uv=uv)
+        render_mesh(verts, faces, cams, uv=uv)
     with pytest.raises(ValueError, match="give colors"):
-        render_mesh(verts, faces, None, cams)
+        render_mesh(verts, faces, cams)
+
+
+def test_render_mesh_modes_agree_where_they_must():
+    """The one mesh renderer's options compose: paths that compute the same thing give the same bits."""
+    cams = make_cameras(torch.tensor([10.0, 50.0]), torch.tensor([20.0, -130.0]), torch.full((2,), 2.0),
+                        torch.tensor([50.0, 40.0]), 32, 32)
+    verts, faces = sphere(0.5, 8, 16)
+    colour = torch.tensor([0.8, 0.3, 0.2])
+    light = torch.tensor([0.3, 1.0, 0.2])
+
+    def run(albedo, **kwargs):
+        v = verts.clone().requires_grad_(True)
+        out = render_mesh(v, faces, cams, albedo, light=light, **kwargs)
+        grad, = torch.autograd.grad(sum(t.sum() * (k + 1) for k, t in enumerate(out.values())), v)
+        return out, grad
+
+    def same(a, b, keys=("rgb", "opacity", "normal", "albedo", "depth")):
+        (out_a, grad_a), (out_b, grad_b) = a, b
+        for key in keys:
+            assert torch.equal(out_a[key], out_b[key]), key
+        assert len(keys) < 5 or torch.equal(grad_a, grad_b)  # the same images: the same gradients
+
+    # an albedo field (the mesh stages) and per-face colours (previews) are one code path from the albedo on
+    face_colours = run(colour.expand(faces.shape[0], 3))
+    same(face_colours, run(lambda points: colour.expand(points.shape[0], 3)))
+    # "lambert" is the diffuse model of dream3d.render.shading behind the ShadeFn interface, two-sided normals
+    to_light = F.normalize(light, dim=0)
+    same(face_colours, run(colour.expand(faces.shape[0], 3),
+                           shade=lambda albedo, points, normal, view, index: shade(albedo, normal, to_light.expand(
+                               index.shape[0], 3), "diffuse", 0.35)))
+    # full ambient light is no shading
+    unshaded, lit = run(colour.expand(faces.shape[0], 3), shade=None), run(colour.expand(faces.shape[0], 3), ambient=1.0)
+    assert torch.equal(unshaded[0]["rgb"], lit[0]["rgb"])
+    # antialiasing the normal map too (the mesh stages) leaves the other channels alone
+    mesh_stage = run(colour.expand(faces.shape[0], 3), antialias_normals=True)
+    same(face_colours, mesh_stage, keys=("rgb", "opacity", "albedo", "depth"))
+    same(run(colour.expand(faces.shape[0], 3), antialiased=False),
+         run(colour.expand(faces.shape[0], 3), antialiased=False, antialias_normals=True))
+    assert not torch.equal(face_colours[0]["normal"], mesh_stage[0]["normal"])  # the silhouettes of the normals

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from dream3d.cameras import turntable
-from dream3d.render import nvdiffrast_backend
-from dream3d.render.raster import antialias, interpolate, mvp_from_cameras, rasterize, transform, use_nvdiffrast
+from dream3d.render.raster import (
+    antialias,
+    interpolate,
+    mvp_from_cameras,
+    nvdiffrast,
+    rasterize,
+    transform,
+    use_nvdiffrast,
+)
 
 
 def test_backend_choice_on_cpu():
@@ -20,7 +27,7 @@ def test_backend_choice_on_cpu():
         use_nvdiffrast("opengl", torch.device("cpu"))
 
 
-@pytest.mark.skipif(not nvdiffrast_backend.available(), reason="nvdiffrast or CUDA not available")
+@pytest.mark.skipif(not nvdiffrast.available(), reason="nvdiffrast or CUDA not available")
 def test_nvdiffrast_matches_torch():
     import trimesh
 

@@ -20,21 +20,15 @@ import torch
 from PIL import Image
 from test_fit import fit
 
+from dream3d.compare.errors import ReportError
+from dream3d.compare.figures import diversity, foreground_saturation, render_particles, run_figures
+from dream3d.compare.plots import loss_plot
+from dream3d.compare.report import PLOT_KEYS, write_report
 from dream3d.export.mesh import load_mesh, write_glb
-from dream3d.export.report import (
-    PLOT_KEYS,
-    ReportError,
-    diversity,
-    foreground_saturation,
-    loss_plot,
-    render_particles,
-    run_figures,
-    write_report,
-)
-from dream3d.export.run import particle_meshes, particle_videos
 from dream3d.export.video import render_turntable
-from dream3d.prior.shapeworld.primitives import cube
 from dream3d.representations.mesh import TexturedMesh
+from dream3d.rundir import RunFolder
+from dream3d.shapeworld.primitives import cube
 
 ROOT = Path(__file__).resolve().parents[1]
 VSD_LABEL = "VSD <2 particles> & co"  # needs escaping in the page
@@ -94,9 +88,10 @@ def test_particle_layout_is_numeric(tmp_path):
                 "particle2/turntable.mp4", "particles/model.glb"):
         (export / rel).parent.mkdir(parents=True, exist_ok=True)
         (export / rel).write_bytes(b"x")
-    assert particle_meshes(tmp_path) == [export / "model.glb", export / "particle2" / "model.glb",
-                                         export / "particle10" / "model.glb"]
-    assert particle_videos(tmp_path) == [export / "turntable.mp4", export / "particle2" / "turntable.mp4"]
+    folder = RunFolder(tmp_path)
+    assert folder.particle_meshes() == [export / "model.glb", export / "particle2" / "model.glb",
+                                        export / "particle10" / "model.glb"]
+    assert folder.particle_videos() == [export / "turntable.mp4", export / "particle2" / "turntable.mp4"]
 
 
 def test_saturation_of_red_and_grey_objects():

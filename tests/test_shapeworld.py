@@ -7,17 +7,17 @@ import torch
 import trimesh
 
 from dream3d.cameras import VIEW_LABELS, make_cameras
-from dream3d.prior.shapeworld import (
+from dream3d.cli import export_shape_glb
+from dream3d.render.mesh import render_mesh
+from dream3d.shapeworld import (
     COLORS,
     PRIMITIVES,
     caption_with_view,
     catalogue,
-    export_glb,
     format_catalogue,
     get,
 )
-from dream3d.prior.shapeworld import primitives as P
-from dream3d.render.raster import render_mesh
+from dream3d.shapeworld import primitives as P
 
 COMPOSITES = ("pineapple", "snowman", "mug", "house", "table", "mushroom", "tree", "chair")
 
@@ -74,7 +74,7 @@ def test_snowman_nose_points_to_the_front():
     # and it shows in a front view but not in a back view
     one = torch.ones(2)
     cams = make_cameras(10 * one, torch.tensor([0.0, 180.0]), 1.6 * one, 40 * one, 96, 96)
-    r, g, b = render_mesh(snowman.verts, snowman.faces, snowman.colors, cams)["rgb"].unbind(-1)
+    r, g, b = render_mesh(snowman.verts, snowman.faces, cams, snowman.colors)["rgb"].unbind(-1)
     is_orange = (r > 0.15) & (r > 1.6 * g) & (g > 4 * b)  # carrot hue: not snow, coal, nor the brown arms
     assert is_orange[0].sum() >= 3 and is_orange[1].sum() == 0
 
@@ -116,7 +116,7 @@ def test_format_catalogue():
 
 def test_export_glb_round_trip(tmp_path):
     obj = get("a pineapple")
-    path = export_glb(obj, tmp_path / "out" / "pineapple.glb")
+    path = export_shape_glb(obj, tmp_path / "out" / "pineapple.glb")
     assert path.exists() and not list(path.parent.glob("*.tmp"))
     from dream3d.export.mesh import load_mesh
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dream3d.cameras import VIEW_LABELS, make_cameras
-from dream3d.prior.shapeworld import caption_with_view, catalogue
+from dream3d.shapeworld import caption_with_view, catalogue
 
 SMOKE_STEPS = 4
 
@@ -24,7 +24,7 @@ SMOKE_STEPS = 4
 def test_tokenizer_makes_caption_words_single_tokens(tmp_path):
     from transformers import AutoTokenizer
 
-    from dream3d.prior.shapeworld.tokenizer import build_tokenizer, caption_words
+    from dream3d.shapeworld.tokenizer import build_tokenizer, caption_words
 
     build_tokenizer(tmp_path / "tok", max_length=16)
     assert (tmp_path / "tok" / "vocab.json").is_file() and (tmp_path / "tok" / "merges.txt").is_file()
@@ -47,7 +47,7 @@ def test_tokenizer_makes_caption_words_single_tokens(tmp_path):
 
 
 def test_dataset_is_deterministic_and_captions_match_views(tmp_path):
-    from dream3d.prior.shapeworld.data import RenderConfig, load_or_render, render_dataset
+    from dream3d.shapeworld.data import RenderConfig, load_or_render, render_dataset
 
     cfg = RenderConfig(size=32)
     a = render_dataset(10, seed=3, cfg=cfg)
@@ -82,7 +82,7 @@ def test_dataset_is_deterministic_and_captions_match_views(tmp_path):
 
 
 def _smoke_config(out, cache):
-    from dream3d.prior.shapeworld.train import preset
+    from dream3d.shapeworld.config import preset
 
     cfg = preset("smoke", out=str(out), cache=str(cache), n_train=116, n_test=58, keep_checkpoints=True,
                  checkpoint_every=2, log_every=2, threads=1)
@@ -92,7 +92,7 @@ def _smoke_config(out, cache):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    from dream3d.prior.shapeworld.train import train
+    from dream3d.shapeworld.train import train
 
     root = tmp_path_factory.mktemp("shapeworld")
     cfg = _smoke_config(root / "prior", root / "cache")
@@ -144,7 +144,7 @@ def test_resume_continues_where_an_interrupted_run_stopped(smoke_run, tmp_path):
     uninterrupted run (which also shows that a fresh run with the same seed repeats itself)."""
     from safetensors.torch import load_file
 
-    from dream3d.prior.shapeworld.train import train
+    from dream3d.shapeworld.train import train
 
     reference, _, _ = smoke_run
     cfg = _smoke_config(tmp_path / "prior", reference.cache)
@@ -197,7 +197,7 @@ def test_unknown_sampler_is_a_clear_error(smoke_run):
 
 
 def test_smoke_classifier_is_saved_and_classifies(smoke_run):
-    from dream3d.prior.shapeworld.classifier import load_classifier
+    from dream3d.shapeworld.classifier import load_classifier
 
     cfg, summary, _ = smoke_run
     clf = load_classifier(cfg.train_dir.parent / "classifier")
@@ -210,8 +210,8 @@ def test_smoke_classifier_is_saved_and_classifies(smoke_run):
 
 
 def test_classifier_loss_goes_down():
-    from dream3d.prior.shapeworld.classifier import ShapeClassifier, class_table, classifier_losses
-    from dream3d.prior.shapeworld.data import RenderConfig, render_dataset
+    from dream3d.shapeworld.classifier import ShapeClassifier, class_table, classifier_losses
+    from dream3d.shapeworld.data import RenderConfig, render_dataset
 
     data = render_dataset(58, seed=0, cfg=RenderConfig(size=32))
     torch.manual_seed(0)
@@ -239,8 +239,8 @@ def test_evaluate_prior_scores_every_caption_and_fills_the_model_card(smoke_run,
     from pathlib import Path
 
     from dream3d.prior import load_prior
-    from dream3d.prior.shapeworld.classifier import load_classifier
-    from dream3d.prior.shapeworld.evaluate import evaluate_prior, markdown_tables, summary_json
+    from dream3d.shapeworld.classifier import load_classifier
+    from dream3d.shapeworld.evaluate import evaluate_prior, markdown_tables, summary_json
 
     cfg, _, _ = smoke_run
     prior, clf = load_prior(cfg.out), load_classifier(cfg.train_dir.parent / "classifier")

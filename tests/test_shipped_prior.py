@@ -29,7 +29,7 @@ def test_layout_sizes_and_dtypes():
 def test_plain_diffusers_draws_a_red_cube():
     from diffusers import StableDiffusionPipeline
 
-    from dream3d.prior.shapeworld.classifier import load_classifier
+    from dream3d.shapeworld.classifier import load_classifier
 
     pipe = StableDiffusionPipeline.from_pretrained(str(PRIOR))  # no dream3d code in the loading
     pipe.set_progress_bar_config(disable=True)

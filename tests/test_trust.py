@@ -147,7 +147,7 @@ def test_text_keys_stay_literal_on_the_command_line_and_in_the_stored_config(pro
                        "negative_prompt=blurry # not a comment"])
     assert cfg.prompt == prompt and cfg.name == f"run #2 {prompt}" and cfg.negative_prompt == "blurry # not a comment"
     (tmp_path / "config.yaml").write_text(to_yaml(cfg))
-    stored = load_run_config(tmp_path)
+    stored = load_run_config(tmp_path / "config.yaml")
     assert stored.prompt == prompt and stored.name == cfg.name and stored.negative_prompt == cfg.negative_prompt
     assert stored.seed == cfg.seed and stored.stages["fine"].init == "coarse"  # typed keys still typed
     assert os.environ.get("HOME", "/root") not in to_yaml(cfg) or "HOME" not in prompt
@@ -162,7 +162,7 @@ def test_optional_text_keys_take_null_and_plain_text_keys_keep_it(recipe, latent
 
 def test_file_recipe_runs_under_the_output_folder(recipe, latent_prior_dir, tmp_path):
     from dream3d.config import load_config
-    from dream3d.run import new_run_dir
+    from dream3d.rundir import new_run_dir
 
     cfg = load_config(["prompt=a cube", f"recipe={recipe}", f"prior={latent_prior_dir}", f"output_dir={tmp_path}"])
     assert cfg.recipe == "tiny2"

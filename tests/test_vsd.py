@@ -179,9 +179,9 @@ def test_two_particles_from_one_seed_differ(latent_prior_dir, tmp_path):
     assert p0.keys() == p1.keys() and not any(k.startswith("particles.2.") for k in ckpt)
     assert any(not torch.equal(p0[k], p1[k]) for k in p0 if k.startswith("nerf."))
     from dream3d.export.mesh import load_mesh
-    from dream3d.export.run import particle_meshes
+    from dream3d.rundir import RunFolder
 
-    meshes = particle_meshes(run)
+    meshes = RunFolder(run).particle_meshes()
     assert [m.relative_to(run).as_posix() for m in meshes] == ["export/model.glb", "export/particle1/model.glb"]
     a, b = (load_mesh(m) for m in meshes)
     assert a.num_faces > 0 and b.num_faces > 0

@@ -1,7 +1,7 @@
 """Exports of a run folder: what ``dream3d export`` and ``dream3d render`` do, and what ``fit`` ends with.
 
-* :func:`load_stage` rebuilds the last trained stage's representation (NeRF + background + renderer) from
-  ``config.yaml`` and ``ckpts/<stage>/last.ckpt``, without the prior;
+* :func:`load_stage` rebuilds the last trained stage's particles (its system's particle class) from the run
+  folder's config and checkpoint (:class:`dream3d.rundir.RunFolder`), without the prior;
 * :func:`export_run` extracts, unwraps and bakes the mesh and writes ``export/model.glb`` (and ``.obj`` with
   its ``.mtl`` and ``.png``, ``.ply``);
 * :func:`render_run` renders the exported mesh on a turntable (``export/turntable.mp4`` / ``.gif``; other modes
@@ -12,7 +12,6 @@ Every file is written atomically, and the figures land in ``summary.json`` under
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from torch import nn
 from dream3d.errors import Dream3DError
 from dream3d.rundir import RunFolder, check_writable
 
-EXPORT_DIR = "export"
 RENDER_MODES = ("rgb", "normal", "depth", "all", "volume")
 
 
@@ -35,8 +33,8 @@ class ExportError(Dream3DError, ValueError):
 @dataclass
 class LoadedStage:
     name: str
-    cfg: object  # the stage's StageConfig (omegaconf)
-    particles: list[nn.Module]  # systems.nerf.Particle (nerf, background, renderer) or systems.mesh.MeshParticle
+    cfg: object  # the stage's StageConfig
+    particles: list[nn.Module]  # the stage system's particles (each knows how to bake itself)
 
     @property
     def nerf(self) -> nn.Module:  # particle 0 of a NeRF stage
@@ -44,76 +42,43 @@ class LoadedStage:
 
     @property
     def is_mesh(self) -> bool:
-        return not hasattr(self.particles[0], "nerf")
-
-
-def particle_dir(run_dir: Path, k: int) -> Path:
-    """Where particle ``k``'s files go: ``export/`` for particle 0 (the run's result), else ``export/particle<k>/``."""
-    return Path(run_dir) / EXPORT_DIR / ("" if k == 0 else f"particle{k}")
-
-
-def _last_stage_with_checkpoint(run_dir: Path, stages: Sequence[str]) -> str:
-    for name in reversed(list(stages)):
-        if (run_dir / "ckpts" / name / "last.ckpt").is_file():
-            return name
-    raise ExportError(f"{run_dir}: no checkpoint found (expected ckpts/<stage>/last.ckpt from dream3d fit)")
+        return not self.particles[0].volume
 
 
 def load_stage(run_dir: str | Path, stage: Optional[str] = None) -> LoadedStage:
-    """The representation of ``stage`` (default: the last stage that has a checkpoint), on the CPU, eval mode."""
-    from dream3d.config import MESH_SYSTEMS
-    from dream3d.rundir import load_checkpoint
-    from dream3d.systems.nerf import Particle
+    """The particles of ``stage`` (default: the last stage that has a checkpoint), on the CPU, eval mode,
+    rebuilt by the stage's system class and loaded from its checkpoint."""
+    from dream3d.registry import SYSTEMS, resolve
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ExportError(f"{run_dir}: not a folder (expected a dream3d run folder)")
-    cfg = RunFolder(run_dir).read_config()
+    folder = RunFolder(run_dir)
+    if not folder.path.is_dir():
+        raise ExportError(f"{folder}: not a folder (expected a dream3d run folder)")
+    cfg = folder.read_config()
     if stage is not None and stage not in cfg.stages:
-        raise ExportError(f"stage={stage}: no such stage in {run_dir / 'config.yaml'} ({', '.join(cfg.stages)})")
-    name = stage or _last_stage_with_checkpoint(run_dir, cfg.stages)
-    ckpt = run_dir / "ckpts" / name / "last.ckpt"
+        raise ExportError(f"stage={stage}: no such stage in {folder.config_path} ({', '.join(cfg.stages)})")
+    name = stage or folder.last_trained_stage(cfg.stages)
+    if name is None:
+        raise ExportError(f"{folder}: no checkpoint found (expected {folder.ckpt('<stage>').relative_to(folder.path)}"
+                          " from dream3d fit)")
+    ckpt = folder.ckpt(name)
     if not ckpt.is_file():
         raise ExportError(f"{ckpt}: not found (stage '{name}' has not been trained)")
     st = cfg.stages[name]
-    if st.system in MESH_SYSTEMS:
-        from dream3d.systems.mesh import KINDS, MeshParticle
-
-        kind = KINDS[MESH_SYSTEMS.index(st.system)]
-        make, needed = (lambda: MeshParticle(st, kind)), "dmtet."
-    else:
-        make, needed = (lambda: Particle(st)), "nerf."
-    state = load_checkpoint(ckpt)["state_dict"]
+    system = resolve(SYSTEMS, st.system, "system")
+    state = folder.load_checkpoint(name)["state_dict"]
     if not any(k.startswith("particles.") for k in state):  # a run from before particles: one, unprefixed
         state = {f"particles.0.{k}": v for k, v in state.items()}
     particles = []
     for k in range(max(1, cfg.particles)):
         prefix = f"particles.{k}."
         part = {key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)}
-        particle = make()
-        missing = [m for m in particle.load_state_dict(part, strict=False).missing_keys if m.startswith(needed)]
+        particle = system.make_particle(st)
+        missing = [m for m in particle.load_state_dict(part, strict=False).missing_keys
+                   if m.startswith(particle.required)]
         if missing:
             raise ExportError(f"{ckpt}: particle {k} has no {missing[0]} (expected a checkpoint of this run's config)")
         particles.append(particle.eval())
     return LoadedStage(name, st, particles)
-
-
-def particle_dirs(run_dir: str | Path) -> list[Path]:
-    """The particles' export folders in order: ``export/`` (particle 0), then ``export/particle<k>/`` by k."""
-    export = Path(run_dir) / EXPORT_DIR
-    numbered = [(int(m.group(1)), p) for p in export.glob("particle*")
-                if p.is_dir() and (m := re.fullmatch(r"particle(\d+)", p.name))]
-    return [export] + [p for _, p in sorted(numbered)]
-
-
-def particle_meshes(run_dir: str | Path) -> list[Path]:
-    """The particle meshes of a run that exist: ``export/model.glb``, ``export/particle1/model.glb``, ..."""
-    return [p for p in (d / "model.glb" for d in particle_dirs(run_dir)) if p.is_file()]
-
-
-def particle_videos(run_dir: str | Path) -> list[Path]:
-    """The particle turntables of a run that exist: ``export/turntable.mp4``, ``export/particle1/turntable.mp4``, ..."""
-    return [p for p in (d / "turntable.mp4" for d in particle_dirs(run_dir)) if p.is_file()]
 
 
 def record_export(run_dir: Path, **values) -> None:
@@ -140,14 +105,15 @@ def export_run(
     log: Callable[[str], None] = print,
 ) -> dict[str, Path]:
     """Bake the run's final representation into a textured mesh and write it as ``export/model.<format>``."""
-    from dream3d.export.mesh import FORMATS, bake_mesh, export_mesh
+    from dream3d.export.mesh import FORMATS, export_mesh
 
     run_dir = Path(run_dir)
+    folder = RunFolder(run_dir)
     formats = parse_formats(formats, FORMATS)
     if resolution < 16 or texture_size < 16:
         raise ExportError(f"resolution={resolution} texture_size={texture_size}: expected at least 16 each")
     loaded = load_stage(run_dir, stage)
-    check_writable(run_dir / EXPORT_DIR, "run folder")  # before the work, not after it
+    check_writable(folder.export_dir, "run folder")  # before the work, not after it
     t0 = time.perf_counter()
     first: dict[str, Path] = {}
     faces, watertight = [], []
@@ -155,16 +121,12 @@ def export_run(
         what = f"stage '{loaded.name}'" + (f", particle {k}" if len(loaded.particles) > 1 else "")
         with torch.no_grad():
             try:
-                if loaded.is_mesh:
-                    mesh, closed = _bake_mesh_particle(particle, loaded.cfg, texture_size, max_faces)
-                    watertight.append(closed)
-                else:
-                    nerf = particle.nerf
-                    mesh = bake_mesh(nerf.density, lambda x, nerf=nerf: nerf(x)["albedo"], nerf.radius, resolution,
-                                     threshold, texture_size, max_faces)
+                mesh, closed = particle.bake(texture_size, max_faces, resolution, threshold)
             except ValueError as exc:
                 raise ExportError(f"{run_dir} ({what}): {exc}") from None
-        paths = export_mesh(mesh, particle_dir(run_dir, k), "model", formats)
+        if closed is not None:
+            watertight.append(closed)
+        paths = export_mesh(mesh, folder.particle_dir(k), "model", formats)
         first = first or paths
         faces.append(mesh.num_faces)
         log(f"exported {what}: {mesh.num_verts} vertices, {mesh.num_faces} faces, texture {texture_size}px -> "
@@ -177,42 +139,26 @@ def export_run(
     return first
 
 
-def _last_nerf_stage(run_dir: Path) -> Optional[str]:
+def ensure_exported(run_dir: str | Path, log: Callable[[str], None] = print) -> Path:
+    """``export/model.glb``, exported first with the run's own mesh settings when it is missing (what render,
+    eval and compare need before they start). ExportError when it cannot be made."""
+    folder = RunFolder(run_dir)
+    if not folder.mesh_path.is_file():
+        cfg = folder.read_config()
+        export_run(run_dir, ("glb",), resolution=cfg.mesh_resolution, texture_size=cfg.texture_size, log=log)
+    return folder.mesh_path
+
+
+def _last_nerf_stage(folder: RunFolder) -> Optional[str]:
     """The last NeRF stage with a checkpoint (what ``mode=volume`` renders by default), or None."""
-    from dream3d.config import MESH_SYSTEMS, ConfigError, load_run_config
+    from dream3d.config import ConfigError
+    from dream3d.registry import mesh_systems
 
     try:
-        stages = load_run_config(run_dir).stages
-    except ConfigError:
+        stages = folder.read_config().stages
+    except (ConfigError, Dream3DError):
         return None
-    for name in reversed(list(stages)):
-        if stages[name].system not in MESH_SYSTEMS and (run_dir / "ckpts" / name / "last.ckpt").is_file():
-            return name
-    return None
-
-
-def _bake_mesh_particle(particle, stage_cfg, texture_size: int, max_faces: Optional[int]):
-    """A mesh stage's particle -> (TexturedMesh, watertight): its marching-tets surface, textured with its
-    albedo (a geometry-only stage: flat grey), PBR stages with their mean roughness and metallic."""
-    from dream3d.export.mesh import bake_surface
-
-    verts, faces = particle.dmtet.mesh()
-    field = particle.colour_field()
-    if particle.material is not None:
-        sample = field(verts[: 65536])
-        roughness, metallic = float(sample["roughness"].mean()), float(sample["metallic"].mean())
-
-        def colour(x):
-            return field(x)["albedo"]
-    elif stage_cfg.system == "dmtet-geometry":
-        roughness = metallic = None
-
-        def colour(x):
-            return torch.full((x.shape[0], 3), 0.7)
-    else:
-        roughness = metallic = None
-        colour = field
-    return bake_surface(verts, faces, colour, texture_size, max_faces, roughness, metallic)
+    return folder.last_trained_stage([n for n, st in stages.items() if st.system not in mesh_systems()])
 
 
 def render_run(
@@ -240,12 +186,12 @@ def render_run(
     if views < 1 or size < 16 or fps <= 0:
         raise ExportError(f"views={views} size={size} fps={fps}: expected views >= 1, size >= 16, fps > 0")
     name = "turntable" if mode == "rgb" else f"turntable-{mode}"
-    RunFolder(run_dir).require()
-    check_writable(run_dir / EXPORT_DIR, "run folder")  # before the work, not after it
+    folder = RunFolder(run_dir).require()
+    check_writable(folder.export_dir, "run folder")  # before the work, not after it
     t0 = time.perf_counter()
     written: list[dict[str, Path]] = []  # per particle
     if mode == "volume":
-        loaded = load_stage(run_dir, stage or _last_nerf_stage(run_dir))
+        loaded = load_stage(run_dir, stage or _last_nerf_stage(folder))
         if loaded.is_mesh:
             raise ExportError(f"mode=volume: stage '{loaded.name}' is a mesh stage; volume renders are for NeRF "
                               "stages (pass stage=<a NeRF stage> or another mode)")
@@ -258,11 +204,11 @@ def render_run(
 
             with torch.no_grad():
                 frames = volume_frames(render_fn, cams, chunk=max(1, 16384 // (size * size)) if size < 128 else 1)
-            written.append(write_turntable(frames, particle_dir(run_dir, k) / name, fps, formats))
+            written.append(write_turntable(frames, folder.particle_dir(k) / name, fps, formats))
     else:
-        if not (run_dir / EXPORT_DIR / "model.glb").is_file():
+        if not folder.mesh_path.is_file():
             export_run(run_dir, ("glb",), stage=stage, log=log)
-        for glb in particle_meshes(run_dir):
+        for glb in folder.particle_meshes():
             written.append(render_turntable(load_mesh(glb), glb.parent / name, views, fps, elevation, size, mode,
                                             formats))
     paths = written[0]
@@ -272,3 +218,4 @@ def render_run(
     record_export(run_dir, **{f"turntable_{mode}": {"views": views, "size": size, "fps": fps, "seconds": round(seconds, 2),
                                                 "files": {k: str(Path(v).relative_to(run_dir)) for k, v in paths.items()}}})
     return paths
+

@@ -22,7 +22,8 @@ from torch import Tensor
 
 from dream3d.cameras import Cameras, turntable
 from dream3d.io import atomic_path
-from dream3d.render.raster import edge_topology, render_textured
+from dream3d.render.mesh import render_textured
+from dream3d.render.mesh_geometry import edge_topology
 
 MODES = ("rgb", "normal", "depth", "all")
 FORMATS = ("mp4", "gif")
@@ -113,7 +114,7 @@ def turntable_frames(
     with torch.no_grad():
         for index in _chunks(views, size, chunk):
             out = render_textured(mesh, slice_cameras(cams, index), background=background, topology=topology)
-            alpha = out["alpha"]
+            alpha = out["opacity"]
             panels = []
             if mode in ("rgb", "all"):
                 panels.append(out["rgb"])

@@ -1,0 +1,25 @@
+"""Score distillation guidances (SDS in :mod:`~dream3d.guidance.sds`, VSD in :mod:`~dream3d.guidance.vsd`) and
+their settings. This package imports nothing heavy; import the submodule you need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+
+@dataclass
+class GuidanceConfig:
+    """Score distillation. ``guidance_scale`` follows diffusers: eps = uncond + s * (cond - uncond)."""
+
+    name: str = "sds"
+    guidance_scale: float = 100.0
+    t_min: Any = 0.02  # fraction of the scheduler's training timesteps; number or schedule
+    t_max: Any = 0.98
+    weighting: str = "sds"  # sds: w = 1 - alphā_t | uniform: w = 1 | fantasia: w = sqrt(alphā_t)(1 - alphā_t)
+    grad_clip: Any = None  # clip the per-element SDS gradient to [-c, c]; number, schedule or null
+    # VSD only (guidance/vsd.py): the LoRA model of the particles' render distribution
+    lora_rank: int = 4  # rank of the adapters on the UNet's attention projections
+    lora_alpha: Optional[float] = None  # LoRA scale alpha / rank; null: alpha = rank
+    lora_lr: float = 1e-4
+    camera_dropout: float = 0.1  # probability of training the LoRA model without the camera
+    camera_hidden: int = 128  # hidden width of the camera embedding MLP

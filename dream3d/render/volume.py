@@ -23,6 +23,7 @@ Backends: ``torch`` (this file) is the only one so far; ``auto`` resolves to it.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -31,6 +32,26 @@ from torch import Tensor, nn
 
 from dream3d.render.background import Background
 from dream3d.render.shading import shade
+
+
+@dataclass
+class RendererConfig:
+    """Volume rendering (ray marching) settings."""
+
+    backend: str = "auto"  # NeRF stages: auto | torch (nerfacc not wired in); mesh stages: auto | torch | nvdiffrast
+    num_samples: int = 64  # samples per ray across the scene box
+    occupancy_grid: bool = True
+    grid_resolution: int = 32
+    grid_update_every: int = 16
+    grid_threshold: float = 0.01  # a cell is empty when its alpha over one sample step stays below this
+    grid_decay: float = 0.95
+    early_stop: float = 1e-4  # samples behind which the transmittance fell below this are not evaluated (0: off)
+    ambient_only_steps: int = 200  # albedo-only shading before this step
+    textureless_prob: float = 0.5
+    albedo_prob: float = 0.2
+    ambient: float = 0.1  # ambient light share in diffuse/textureless shading
+    background: str = "mlp"  # mlp (learned from view direction) | solid | random
+    background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, radius: float, near: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:

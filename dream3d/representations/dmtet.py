@@ -44,19 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dream3d.fields import MLP, HashGridConfig, make_encoding
-from dream3d.render.raster import (
-    antialias,
-    edge_topology,
-    face_attribute,
-    face_normals,
-    interpolate,
-    mvp_from_cameras,
-    rasterize,
-    transform,
-)
+from dream3d.render.mesh import render_mesh
 from dream3d.representations.tets import candidate_tets, kuhn_interpolate, load_tet_grid, marching_tets
 
-__all__ = ["DMTetConfig", "DMTet", "render_dmtet", "render_surface", "grid_winding_numbers", "point_mesh_distance"]
+__all__ = ["DMTetConfig", "DMTet", "render_dmtet", "grid_winding_numbers", "point_mesh_distance"]
 
 SdfFn = Callable[[Tensor], Tensor]  # points [N,3] -> signed distance [N] (< 0 inside)
 DensityFn = Callable[[Tensor], Tensor]  # points [N,3] -> density [N]
@@ -416,58 +407,13 @@ def _point_segment_distance(p: Tensor, a: Tensor, b: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 
 
-ShadeFn = Callable[..., Tensor]  # (material, points [N,3], normal [N,3], view [N,3], batch_index [N]) -> rgb [N,3]
-
-
-def render_surface(
-    verts: Tensor, faces: Tensor, cams, albedo_fn: Callable[[Tensor], Union[Tensor, dict]],
-    background: Union[float, Tensor] = 1.0, antialiased: bool = True, shade_fn: Optional[ShadeFn] = None,
-    backend: str = "auto",
-) -> dict[str, Tensor]:
-    """Render a closed, outward-wound mesh whose albedo is a field: verts [M,3], faces [F,3] -> images.
-
-    ``albedo_fn`` (world points [N,3] -> albedo [N,3], or a dict of material channels with an ``"albedo"``
-    entry) is evaluated once per covered pixel, at the interpolated surface point. ``shade_fn`` (optional)
-    turns that into the pixel colour from the material, the surface points [N,3], the outward normals [N,3],
-    the unit directions towards the camera [N,3] and the pixels' camera indices [N] (lighting, PBR); without
-    it the colour is the albedo.
-    Returns ``rgb`` [B,H,W,3] (the colour over ``background``), ``opacity`` [B,H,W,1], ``normal`` [B,H,W,3]
-    (world, outward face normals, 0 in the background), ``albedo`` [B,H,W,3] (0 in the background) and
-    ``depth`` [B,H,W,1]. With ``antialiased`` (default) rgb, opacity and normal go through
-    :func:`~dream3d.render.raster.antialias`, which is where silhouettes pass gradients to the vertices.
-    ``backend``: the rasterizer (auto | torch | nvdiffrast, see :func:`~dream3d.render.raster.use_nvdiffrast`).
-    """
-    B, H, W = cams.batch_size, cams.height, cams.width
-    faces = faces.long()
-    clip = transform(verts, mvp_from_cameras(cams).to(verts))
-    rast = rasterize(clip, faces, H, W, backend=backend)
-    mask = rast.mask[..., None]
-    pos = interpolate(verts, rast, faces)  # [B,H,W,3]
-    normal = face_attribute(face_normals(verts, faces), rast)
-    idx = rast.mask.reshape(-1).nonzero().squeeze(1)
-    points = pos.reshape(-1, 3).index_select(0, idx)
-    material = albedo_fn(points)
-    base = (material["albedo"] if isinstance(material, dict) else material).to(verts)
-    colour = base
-    if shade_fn is not None:
-        batch_index = torch.div(idx, H * W, rounding_mode="floor")
-        view = F.normalize(cams.position.to(verts)[batch_index] - points, dim=-1, eps=1e-12)
-        colour = shade_fn(material, points, normal.reshape(-1, 3).index_select(0, idx), view, batch_index).to(verts)
-    albedo = verts.new_zeros(B * H * W, 3).index_put((idx,), base).view(B, H, W, 3)
-    shaded = verts.new_zeros(B * H * W, 3).index_put((idx,), colour).view(B, H, W, 3)
-    bg = torch.as_tensor(background, dtype=verts.dtype, device=verts.device).expand(B, H, W, 3)
-    image = torch.cat([torch.where(mask, shaded, bg), normal, mask.to(verts.dtype)], dim=-1)
-    if antialiased and faces.shape[0]:
-        image = antialias(image, rast, clip, faces, topology=edge_topology(faces))
-    return {"rgb": image[..., :3], "normal": image[..., 3:6], "opacity": image[..., 6:], "albedo": albedo,
-            "depth": rast.depth[..., None]}
-
-
 def render_dmtet(dmtet: DMTet, cams, background: Union[float, Tensor] = 1.0, antialiased: bool = True) -> dict[str, Tensor]:
-    """Render the DMTet's current surface from ``cams`` (:class:`dream3d.cameras.Cameras`): see
-    :func:`render_surface`. Gradients reach ``dmtet.sdf``, ``dmtet.deformation`` and the albedo field. Also
-    returns the mesh (``verts`` [M,3], ``faces`` [F,3]) for regularisers."""
+    """Render the DMTet's current surface from ``cams`` (:class:`dream3d.cameras.Cameras`) with its albedo field,
+    unshaded, outward normals, the normal map antialiased too: see :func:`dream3d.render.mesh.render_mesh`.
+    Gradients reach ``dmtet.sdf``, ``dmtet.deformation`` and the albedo field. Also returns the mesh
+    (``verts`` [M,3], ``faces`` [F,3]) for regularisers."""
     verts, faces = dmtet.mesh()
-    out = render_surface(verts, faces, cams, dmtet.albedo, background, antialiased)
+    out = render_mesh(verts, faces, cams, dmtet.albedo, shade=None, two_sided=False, antialias_normals=True,
+                      background=background, antialiased=antialiased)
     out.update(verts=verts, faces=faces)
     return out

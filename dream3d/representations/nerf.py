@@ -8,10 +8,29 @@ the origin instead of empty space. Normals are the negated, normalised density g
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from torch import Tensor, nn
 
 from dream3d.fields import MLP, get_activation, make_encoding
+from dream3d.fields.encoding import HashGridConfig
+
+
+@dataclass
+class NeRFConfig:
+    """Implicit volume: hash-grid encoding + one small MLP for density and albedo."""
+
+    radius: float = 1.0  # scene box [-radius, radius]^3
+    encoding: HashGridConfig = field(default_factory=HashGridConfig)
+    backend: str = "auto"  # hash grid: auto | torch | tcnn
+    hidden: int = 64
+    hidden_layers: int = 1
+    density_activation: str = "softplus"
+    blob_density: float = 10.0  # Magic3D blob: bias = blob_density * (1 - |x| / blob_radius)
+    blob_radius: float = 0.5
+    normals: str = "analytic"  # analytic (autograd of density) | finite_difference
+    finite_difference_eps: float = 0.01
 
 
 class NeRF(nn.Module):

@@ -34,7 +34,7 @@ tetrahedra share it, so the surface is closed wherever the inside region stays c
 The triangle table is derived (not typed in) on a reference positive tetrahedron, winding each triangle
 counter-clockwise seen from the outside vertices: since the case topology is combinatorial and the grid's
 tetrahedra are positive, the output winds consistently and its normals ``cross(v1 - v0, v2 - v0)`` point
-outwards, the convention of :mod:`dream3d.render.raster` and the exporters.
+outwards, the convention of :mod:`dream3d.render.mesh_geometry` and the exporters.
 """
 
 from __future__ import annotations

@@ -15,8 +15,12 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from dream3d.cameras import Cameras, sample_cameras, turntable
 from dream3d.errors import Dream3DError
 from dream3d.io import atomic_path, save_png
+from dream3d.prior.prompts import PromptEmbeddings
+from dream3d.registry import GUIDANCES, resolve
+from dream3d.rundir import RunFolder
 from dream3d.schedule import is_zero, scheduled
 
 
@@ -48,7 +52,7 @@ def opacity_entropy_loss(opacity: Tensor) -> Tensor:
 
 def normal_consistency_loss(verts: Tensor, faces: Tensor) -> Tensor:
     """Mean 1 - cos between the normals of faces sharing an edge (verts [V,3], faces [F,3]): a smooth surface."""
-    from dream3d.render.raster import edge_topology, face_normals
+    from dream3d.render.mesh_geometry import edge_topology, face_normals
 
     if faces.shape[0] == 0:
         return verts.sum() * 0
@@ -74,12 +78,35 @@ def laplacian_loss(verts: Tensor, faces: Tensor) -> Tensor:
     return (verts[used] - total[used] / count[used]).pow(2).sum(-1).mean()
 
 
+VALIDATION_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
+
+
+def choose_shading(r, step: int, gen: torch.Generator) -> str:
+    """DreamFusion's random shading of a training render (``r``: a RendererConfig): albedo only during the first
+    ``ambient_only_steps``, then albedo with probability ``albedo_prob``, else textureless or diffuse."""
+    if step < r.ambient_only_steps:
+        return "albedo"
+    u = float(torch.rand((), generator=gen))
+    if u < r.albedo_prob:
+        return "albedo"
+    return "textureless" if u < r.albedo_prob + (1 - r.albedo_prob) * r.textureless_prob else "diffuse"
+
+
 class BaseSystem(pl.LightningModule):
-    """A stage: optimises one representation for ``stage_cfg.steps`` steps.
+    """A stage: optimises ``particles`` (one representation each) for ``stage_cfg.steps`` steps.
 
     The frozen prior is held outside the module tree (``self.frozen``), so it never enters ``state_dict``
-    or checkpoints; subclasses register only trainable parts (and their buffers) as submodules.
+    or checkpoints; subclasses register only trainable parts (and their buffers) as submodules. A subclass
+    names its particle class (``Particle``: built by :meth:`make_particle`, also what export rebuilds from a
+    checkpoint) and fills in the hooks of :meth:`training_step` and :meth:`render_validation`.
     """
+
+    Particle: type = torch.nn.Module  # the class of one 3D result of this stage
+
+    @classmethod
+    def make_particle(cls, stage_cfg) -> torch.nn.Module:
+        """One untrained particle of this stage (export rebuilds particles with it before loading weights)."""
+        return cls.Particle(stage_cfg)
 
     def __init__(self, run_cfg, stage_name: str, stage_cfg, prior, run_dir: Optional[Path] = None):
         super().__init__()
@@ -91,6 +118,10 @@ class BaseSystem(pl.LightningModule):
         self.last_metrics: dict[str, float] = {}
         self.manual_step = 0  # the step when no trainer drives the module (benchmarks)
         self.timings: Optional[dict[str, float]] = None  # set to a dict to collect section times (ms)
+        # registration order fixes the random initialisation (seeded) and the checkpoint's key order
+        self.particles = torch.nn.ModuleList([self.make_particle(stage_cfg) for _ in range(run_cfg.particles)])
+        self.guidance = resolve(GUIDANCES, stage_cfg.guidance.name, "guidance")(stage_cfg.guidance, prior)
+        self.prompts = PromptEmbeddings(prior, run_cfg.prompt, run_cfg.negative_prompt, run_cfg.view_dependent)
 
     @property
     def step(self) -> int:
@@ -113,7 +144,7 @@ class BaseSystem(pl.LightningModule):
 
     @property
     def stage_dir(self) -> Optional[Path]:
-        return None if self.run_dir is None else self.run_dir / "stages" / self.stage_name
+        return None if self.run_dir is None else RunFolder(self.run_dir).stage_dir(self.stage_name)
 
     def step_generator(self, step: int) -> torch.Generator:
         """Random draws of a step depend only on (seed, stage, step): a resumed run repeats them exactly."""
@@ -168,9 +199,75 @@ class BaseSystem(pl.LightningModule):
         """Keep the step's figures; StageCallback writes them to metrics.csv and the progress bar."""
         self.last_metrics = logs
 
+    # the training step: a template with hooks ------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        """One step for every particle: (hook) prepare the particle, draw a camera, (hook) render it, (hook) the
+        image the guidance scores, (hook) its regularizers; then one guidance call over all particles' images,
+        the weighted loss, and the step's figures. Random draws come from (seed, stage, step) in that order."""
+        step = self.step
+        gen = self.step_generator(step)
+        cfg = self.stage_cfg
+        n = len(self.particles)
+        cams, images, latents, outs, regs = [], [], [], [], {}
+        for k, particle in enumerate(self.particles):
+            self.prepare_particle(particle, step, gen)
+            cam = sample_cameras(cfg.camera, gen)
+            with self.timed("render"):
+                out = self.render_training(particle, k, cam, step, gen)
+            image, lat = self.scored_image(out, step)
+            for term, value in self.regularizers(particle, out).items():
+                regs[term] = regs.get(term, 0.0) + value
+            cams.append(cam)
+            images.append(image)
+            latents.append(lat)
+            outs.append(out)
+        cams_all = Cameras.cat(cams)
+        with self.timed("guidance"):
+            labels = cams_all.view_labels(cfg.camera.front_threshold, cfg.camera.overhead_threshold)
+            cond, uncond = self.prompts(labels)
+            lat = torch.cat(latents) if latents[0] is not None else None
+            g = self.guidance(torch.cat(images), cond, uncond, step, generator=gen, cameras=cams_all, latents=lat)
+        terms = self.guidance_terms(g, n)
+        terms.update(regs)
+        loss, logs = self.weighted_loss(terms, step)
+        logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]))
+        logs.update(self.step_figures(outs))
+        self.record(logs)
+        return loss
+
+    def prepare_particle(self, particle, step: int, gen: torch.Generator) -> None:
+        """Before a particle's camera is drawn (NeRF: the occupancy grid update)."""
+
+    def render_training(self, particle, k: int, cams: Cameras, step: int, gen: torch.Generator) -> dict[str, Tensor]:
+        """Particle ``k``'s training render from ``cams``. Subclasses implement."""
+        raise NotImplementedError
+
+    def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
+        """What the guidance scores: an image [B,H,W,3] and, or instead, latents (None: encode the image)."""
+        return out["rgb"], None
+
+    def regularizers(self, particle, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The regularizer terms of one particle's render (summed over particles)."""
+        return {}
+
+    def step_figures(self, outs: list[dict[str, Tensor]]) -> dict[str, float]:
+        """Extra per-step figures for metrics.csv (means over particles)."""
+        return {}
+
     # validation -----------------------------------------------------------------------------------
     def render_views(self) -> dict[str, Tensor]:
-        """Images of the fixed validation views: rgb/normal/opacity [V,H,W,C]. Subclasses implement."""
+        """The validation views of every particle (particle k's four views are columns 4k..4k+3): rgb, normal
+        and opacity [V,H,W,C] from :meth:`render_validation`."""
+        c = self.stage_cfg.camera
+        outs = []
+        for particle in self.particles:
+            for az in VALIDATION_AZIMUTHS:
+                cams = turntable(1, c.eval_elevation, c.eval_distance, c.eval_fovy, c.eval_size, start_azimuth=az)
+                outs.append(self.render_validation(particle, cams))
+        return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "normal", "opacity")}
+
+    def render_validation(self, particle, cams: Cameras) -> dict[str, Tensor]:
+        """One validation render of ``particle``. Subclasses implement."""
         raise NotImplementedError
 
     def save_validation(self, step: int) -> Optional[Path]:
@@ -188,7 +285,7 @@ class BaseSystem(pl.LightningModule):
             rows.append((n * 0.5 + 0.5) * views["opacity"] + (1 - views["opacity"]))
         rows.append(views["opacity"].expand(*views["opacity"].shape[:-1], 3))
         grid = torch.cat([torch.cat(list(r.clamp(0, 1)), dim=1) for r in rows], dim=0)  # [rows*H, V*W, 3]
-        path = self.stage_dir / "val" / f"step{step:06d}.png"
+        path = RunFolder(self.run_dir).validation_dir(self.stage_name) / f"step{step:06d}.png"
         save_png(path, (grid.cpu().numpy() * 255).round().astype(np.uint8))
         return path
 
@@ -233,7 +330,7 @@ class StageCallback(pl.Callback):
                             dynamic_ncols=True, unit="it")
         if module.stage_dir is not None:
             module.stage_dir.mkdir(parents=True, exist_ok=True)
-            path = module.stage_dir / "metrics.csv"
+            path = RunFolder(module.run_dir).metrics_path(module.stage_name)
             if path.exists() and trainer.global_step > 0:  # resume: drop rows past the checkpoint
                 with open(path) as f:
                     rows = [r for r in csv.DictReader(f) if int(r["step"]) < trainer.global_step]

@@ -1,6 +1,6 @@
 """Mesh stages: a DMTet surface (per particle) rendered by the differentiable rasterizer and scored by SDS or VSD.
 
-Three kinds, one class each (the ``system`` names of the registry):
+Three stages, one class each (the ``system`` names of the registry), each with its own particle class:
 
 * ``dmtet`` (Magic3D's fine stage): geometry *and* albedo train together; renders are shaded like the NeRF
   stage's (albedo, diffuse under a point light, or textureless) at the stage's camera resolution, typically
@@ -28,26 +28,62 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dream3d.cameras import Cameras, sample_cameras, turntable
-from dream3d.prior.prompts import PromptEmbeddings
-from dream3d.registry import GUIDANCES, resolve
+from dream3d.cameras import Cameras
+from dream3d.render.mesh import render_mesh
 from dream3d.render.shading import shade
-from dream3d.representations.dmtet import DMTet, render_surface
-from dream3d.systems.base import BaseSystem, laplacian_loss, normal_consistency_loss
-from dream3d.systems.nerf import VALIDATION_AZIMUTHS, choose_shading
-
-KINDS = ("refine", "geometry", "texture")
+from dream3d.representations.dmtet import DMTet
+from dream3d.systems.base import BaseSystem, choose_shading, laplacian_loss, normal_consistency_loss
 
 
 class MeshParticle(nn.Module):
-    """One result of a mesh stage: the DMTet and, for a PBR texture stage, the material field and light."""
+    """One result of a mesh stage whose geometry and albedo train together (``dmtet``): the DMTet, meshed
+    differentiably at every render."""
 
-    def __init__(self, stage_cfg, kind: str):
+    volume = False  # export bakes the marching-tets surface; there is no volume to ray-march
+    required = "dmtet."  # the state a checkpoint must hold for it
+
+    def __init__(self, stage_cfg):
         super().__init__()
         self.dmtet = DMTet(stage_cfg.dmtet)
         self.material: Optional[nn.Module] = None
         self.light: Optional[nn.Module] = None
-        if kind == "texture" and stage_cfg.mesh.material == "pbr":
+
+    def surface(self) -> tuple[Tensor, Tensor]:
+        """(verts [M,3], faces [F,3]) of the current geometry, differentiable."""
+        return self.dmtet.mesh()
+
+    def colour_field(self):
+        """points [N,3] -> albedo [N,3], or the PBR material dict."""
+        return self.material if self.material is not None else self.dmtet.albedo
+
+    def bake_colour(self):
+        """(points -> albedo, roughness, metallic) for the export: the albedo field, no PBR factors."""
+        return self.dmtet.albedo, None, None
+
+    def bake(self, texture_size: int, max_faces: Optional[int], resolution: int = 128,
+             threshold: Optional[float] = None):
+        """The exported mesh and whether it is watertight: the marching-tets surface with its colour baked."""
+        from dream3d.export.mesh import bake_surface
+
+        verts, faces = self.dmtet.mesh()
+        colour, roughness, metallic = self.bake_colour()
+        return bake_surface(verts, faces, colour, texture_size, max_faces, roughness, metallic)
+
+
+class GeometryParticle(MeshParticle):
+    """A geometry-only result (``dmtet-geometry``): its texture field is not scored, so it exports flat grey."""
+
+    def bake_colour(self):
+        return (lambda x: torch.full((x.shape[0], 3), 0.7)), None, None
+
+
+class TextureParticle(MeshParticle):
+    """A texture stage's result (``mesh-texture``): the geometry of the earlier stage, meshed once and frozen,
+    with the DMTet's albedo field or (``mesh.material=pbr``) a material field lit by an environment light."""
+
+    def __init__(self, stage_cfg):
+        super().__init__(stage_cfg)
+        if stage_cfg.mesh.material == "pbr":
             from dream3d.fields.material import MaterialConfig, MaterialField
             from dream3d.render.shading import EnvironmentLight
 
@@ -55,20 +91,22 @@ class MeshParticle(nn.Module):
             self.material = MaterialField(MaterialConfig(radius=d.radius, encoding=d.encoding, backend=d.backend,
                                                          hidden=d.hidden, hidden_layers=d.hidden_layers))
             self.light = EnvironmentLight(stage_cfg.mesh.light)
-        self._fixed: Optional[tuple[Tensor, Tensor]] = None  # texture stages: the meshed, frozen geometry
+        self._fixed: Optional[tuple[Tensor, Tensor]] = None
 
-    def surface(self, fixed: bool) -> tuple[Tensor, Tensor]:
-        """(verts [M,3], faces [F,3]): differentiable, or meshed once without gradients when ``fixed``."""
-        if not fixed:
-            return self.dmtet.mesh()
+    def surface(self) -> tuple[Tensor, Tensor]:
+        """Meshed once, without gradients (the geometry is fixed in a texture stage)."""
         if self._fixed is None or self._fixed[0].device != self.dmtet.sdf.device:
             with torch.no_grad():
                 self._fixed = self.dmtet.mesh()
         return self._fixed
 
-    def colour_field(self):
-        """points [N,3] -> albedo [N,3], or the PBR material dict."""
-        return self.material if self.material is not None else self.dmtet.albedo
+    def bake_colour(self):
+        if self.material is None:
+            return super().bake_colour()
+        field = self.material
+        verts, _ = self.dmtet.mesh()
+        sample = field(verts[: 65536])
+        return (lambda x: field(x)["albedo"]), float(sample["roughness"].mean()), float(sample["metallic"].mean())
 
 
 def ellipsoid_sdf(axes: list[float]):
@@ -82,21 +120,17 @@ def ellipsoid_sdf(axes: list[float]):
 
 
 class MeshSystem(BaseSystem):
-    """A mesh stage (see the module docstring); subclasses fix :attr:`KIND`."""
+    """What the mesh stages share (see the module docstring): initialisation, rendering through the
+    rasterizer, the geometry regularizers and validation. Subclasses: :class:`DMTetSystem`,
+    :class:`DMTetGeometrySystem`, :class:`MeshTextureSystem`."""
 
-    KIND = "refine"
+    Particle = MeshParticle
+    validation_shading = "albedo"
 
     def __init__(self, run_cfg, stage_name, stage_cfg, prior, run_dir=None):
         super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
-        self.particles = nn.ModuleList([MeshParticle(stage_cfg, self.KIND) for _ in range(run_cfg.particles)])
-        self.guidance = resolve(GUIDANCES, stage_cfg.guidance.name, "guidance")(stage_cfg.guidance, prior)
-        self.prompts = PromptEmbeddings(prior, run_cfg.prompt, run_cfg.negative_prompt, run_cfg.view_dependent)
         if stage_cfg.init is None:
             self.init_without_stage()
-        if self.KIND == "texture":
-            for p in self.particles:
-                p.dmtet.sdf.requires_grad_(False)
-                p.dmtet.deformation.requires_grad_(False)
 
     # initialisation ------------------------------------------------------------------------------------------
     def init_without_stage(self) -> None:
@@ -111,14 +145,14 @@ class MeshSystem(BaseSystem):
                 p.dmtet.init_from_mesh(mesh.verts, mesh.faces)
 
     def initialise(self, state: dict[str, Tensor], init_cfg) -> None:
-        """From a NeRF stage: sdf from its density, albedo distilled (refine). From a DMTet stage: its geometry
-        (and texture field). Particle k starts from the earlier stage's particle k (modulo their number)."""
+        """From a NeRF stage: sdf from its density (:meth:`from_nerf`). From a DMTet stage: its geometry (and
+        texture field). Particle k starts from the earlier stage's particle k (modulo their number)."""
         n_init = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("particles.")), default=0)
         for k, particle in enumerate(self.particles):
             prefix = f"particles.{k % n_init}."
             part = {key[len(prefix):]: v for key, v in state.items() if key.startswith(prefix)}
             if any(key.startswith("nerf.") for key in part):
-                self._from_nerf(particle, part, init_cfg)
+                self.from_nerf(particle, part, init_cfg)
             elif any(key.startswith("dmtet.") for key in part):
                 sub = {key[len("dmtet."):]: v for key, v in part.items() if key.startswith("dmtet.")}
                 if sub["sdf"].shape != particle.dmtet.sdf.shape:
@@ -130,36 +164,28 @@ class MeshSystem(BaseSystem):
                 raise ValueError(f"stage '{self.stage_name}': cannot start from stage '{self.stage_cfg.init}' "
                                  "(expected a NeRF or DMTet stage)")
 
-    def _from_nerf(self, particle: MeshParticle, part: dict[str, Tensor], init_cfg) -> None:
+    def from_nerf(self, particle: MeshParticle, part: dict[str, Tensor], init_cfg):
+        """The sdf from the NeRF's density level set; returns the NeRF (for subclasses that take more of it)."""
         from dream3d.representations.nerf import NeRF
 
         nerf = NeRF(init_cfg.representation)
         nerf.load_state_dict({key[len("nerf."):]: v for key, v in part.items() if key.startswith("nerf.")})
         nerf.eval()
-        m = self.stage_cfg.mesh
         with torch.no_grad():
-            particle.dmtet.init_from_density(nerf.density, fit_steps=m.init_fit_steps,
+            particle.dmtet.init_from_density(nerf.density, fit_steps=self.stage_cfg.mesh.init_fit_steps,
                                              seed=self.run_cfg.seed)
-        if self.KIND == "refine" and m.texture_fit_steps > 0:
-            distill_albedo(particle.dmtet, lambda x: nerf(x)["albedo"], m.texture_fit_steps, self.run_cfg.seed)
+        return nerf
 
     # optimisation --------------------------------------------------------------------------------------------
+    def particle_groups(self, particle: MeshParticle, o) -> list[dict]:
+        """A particle's parameter groups (name, params, lr): every DMTet group."""
+        return particle.dmtet.parameter_groups(o.lr_sdf, o.lr_deformation, o.lr_encoding, o.lr_network)
+
     def configure_optimizers(self):
         o = self.stage_cfg.optim
         groups = []
         for k, p in enumerate(self.particles):
-            dm = p.dmtet.parameter_groups(o.lr_sdf, o.lr_deformation, o.lr_encoding, o.lr_network)
-            if self.KIND == "geometry":  # the texture field is not scored
-                dm = [g for g in dm if g["name"] in ("sdf", "deformation")]
-            elif self.KIND == "texture":
-                dm = [] if p.material is not None else [g for g in dm if g["name"] in ("encoding", "network")]
-            groups += [{**g, "name": f"{g['name']}{k}"} for g in dm]
-            if p.material is not None:
-                groups += [{**g, "name": f"material-{g['name']}{k}"}
-                           for g in p.material.parameter_groups(o.lr_encoding, o.lr_network)]
-            if p.light is not None:
-                groups.append({"params": [q for q in p.light.parameters() if q.requires_grad], "lr": o.lr_background,
-                               "name": f"light{k}"})
+            groups += [{**g, "name": f"{g['name']}{k}"} for g in self.particle_groups(p, o)]
         return self.make_optimizer(groups)
 
     def shade_fn(self, particle: MeshParticle, shading: str, cams: Cameras):
@@ -187,71 +213,38 @@ class MeshSystem(BaseSystem):
 
     def render(self, particle: MeshParticle, cams: Cameras, shading: str = "albedo") -> dict[str, Tensor]:
         cams = cams.to(self.device)
-        verts, faces = particle.surface(fixed=self.KIND == "texture")
+        verts, faces = particle.surface()
         bg = torch.tensor(self.stage_cfg.mesh.background_color, device=self.device)
-        out = render_surface(verts, faces, cams, particle.colour_field(), bg, True, self.shade_fn(particle, shading, cams),
-                             backend=self.stage_cfg.renderer.backend)
+        out = render_mesh(verts, faces, cams, particle.colour_field(), shade=self.shade_fn(particle, shading, cams),
+                          two_sided=False, antialias_normals=True, background=bg,
+                          backend=self.stage_cfg.renderer.backend)
         out.update(verts=verts, faces=faces)
         return out
 
-    def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
-        """What the guidance scores: the render (refine, texture) or the normal map, or [normal, mask] latents."""
-        if self.KIND != "geometry":
-            return out["rgb"], None
-        bg = torch.tensor(self.stage_cfg.mesh.background_color, device=self.device)
-        normal_map = (out["normal"] * 0.5 + 0.5) * out["opacity"] + bg * (1 - out["opacity"])
-        prior = self.prior
-        if step < self.stage_cfg.mesh.latent_mask_steps and prior.is_latent and prior.unet.config.in_channels == 4:
-            latents = torch.cat([out["normal"], out["opacity"] * 2 - 1], dim=-1).permute(0, 3, 1, 2)
-            return normal_map, latents
-        return normal_map, None
+    # the training step's hooks ------------------------------------------------------------------------------
+    def training_shading(self, step: int, gen: torch.Generator) -> str:
+        return "albedo"
 
-    def training_step(self, batch, batch_idx):
-        step = self.step
-        gen = self.step_generator(step)
-        cfg = self.stage_cfg
-        n = len(self.particles)
-        cams, images, latents, faces, regs = [], [], [], [], {}
-        for particle in self.particles:
-            cam = sample_cameras(cfg.camera, gen)
-            shading = choose_shading(cfg.renderer, step, gen) if self.KIND == "refine" else "albedo"
-            with self.timed("render"):
-                out = self.render(particle, cam, shading)
-            image, lat = self.scored_image(out, step)
-            faces.append(out["faces"].shape[0])
-            images.append(image)
-            latents.append(lat)
-            cams.append(cam)
-            if self.KIND != "texture":
-                for term, fn in (("normal_consistency", normal_consistency_loss), ("laplacian", laplacian_loss)):
-                    if self.wants(term):
-                        value = fn(out["verts"], out["faces"])
-                        if term == "laplacian":  # in cells, so the weight does not depend on the grid resolution
-                            value = value / particle.dmtet.cell_size**2
-                        regs[term] = regs.get(term, 0.0) + value
-        cams_all = Cameras.cat(cams)
-        with self.timed("guidance"):
-            labels = cams_all.view_labels(cfg.camera.front_threshold, cfg.camera.overhead_threshold)
-            cond, uncond = self.prompts(labels)
-            lat = torch.cat(latents) if latents[0] is not None else None
-            g = self.guidance(torch.cat(images), cond, uncond, step, generator=gen, cameras=cams_all, latents=lat)
-        terms = self.guidance_terms(g, n)
-        terms.update(regs)
-        loss, logs = self.weighted_loss(terms, step)
-        logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]), faces=sum(faces) / n)
-        self.record(logs)
-        return loss
+    def render_training(self, particle, k: int, cams: Cameras, step: int, gen: torch.Generator) -> dict[str, Tensor]:
+        return self.render(particle, cams, self.training_shading(step, gen))
 
-    def render_views(self) -> dict[str, Tensor]:
-        """Validation views: particle k's four views are columns 4k..4k+3 (rgb: what the stage scores)."""
-        c = self.stage_cfg.camera
-        outs = []
-        for particle in self.particles:
-            for az in VALIDATION_AZIMUTHS:
-                cams = turntable(1, c.eval_elevation, c.eval_distance, c.eval_fovy, c.eval_size, start_azimuth=az)
-                out = self.render(particle, cams, "textureless" if self.KIND == "geometry" else "albedo")
-                outs.append(out)
-        return {k: torch.cat([o[k] for o in outs]) for k in ("rgb", "normal", "opacity")}
+    def regularizers(self, particle, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The geometry regularizers: normal consistency, and the Laplacian in cells (so its weight does not
+        depend on the grid resolution)."""
+        regs = {}
+        for term, fn in (("normal_consistency", normal_consistency_loss), ("laplacian", laplacian_loss)):
+            if self.wants(term):
+                value = fn(out["verts"], out["faces"])
+                if term == "laplacian":
+                    value = value / particle.dmtet.cell_size**2
+                regs[term] = value
+        return regs
+
+    def step_figures(self, outs: list[dict[str, Tensor]]) -> dict[str, float]:
+        return {"faces": sum(o["faces"].shape[0] for o in outs) / len(outs)}
+
+    def render_validation(self, particle, cams: Cameras) -> dict[str, Tensor]:
+        return self.render(particle, cams, self.validation_shading)
 
 
 @torch.enable_grad()
@@ -279,12 +272,60 @@ def distill_albedo(dmtet: DMTet, colour_fn, steps: int, seed: int = 0, batch: in
 
 
 class DMTetSystem(MeshSystem):
-    KIND = "refine"
+    """Magic3D's fine stage (``dmtet``): geometry and albedo train together on shaded renders; started from a
+    NeRF, the texture field is first distilled from the NeRF's albedo."""
+
+    def from_nerf(self, particle: MeshParticle, part: dict[str, Tensor], init_cfg):
+        nerf = super().from_nerf(particle, part, init_cfg)
+        m = self.stage_cfg.mesh
+        if m.texture_fit_steps > 0:
+            distill_albedo(particle.dmtet, lambda x: nerf(x)["albedo"], m.texture_fit_steps, self.run_cfg.seed)
+        return nerf
+
+    def training_shading(self, step: int, gen: torch.Generator) -> str:
+        return choose_shading(self.stage_cfg.renderer, step, gen)
 
 
 class DMTetGeometrySystem(MeshSystem):
-    KIND = "geometry"
+    """Fantasia3D's geometry stage (``dmtet-geometry``): geometry only, scored on normal maps (or, early, on
+    [normal, mask] as latents)."""
+
+    Particle = GeometryParticle
+    validation_shading = "textureless"
+
+    def particle_groups(self, particle: MeshParticle, o) -> list[dict]:
+        return [g for g in super().particle_groups(particle, o) if g["name"] in ("sdf", "deformation")]
+
+    def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
+        """The normal map over the background, or [normal, mask] latents for the first ``latent_mask_steps``."""
+        bg = torch.tensor(self.stage_cfg.mesh.background_color, device=self.device)
+        normal_map = (out["normal"] * 0.5 + 0.5) * out["opacity"] + bg * (1 - out["opacity"])
+        prior = self.prior
+        if step < self.stage_cfg.mesh.latent_mask_steps and prior.is_latent and prior.unet.config.in_channels == 4:
+            latents = torch.cat([out["normal"], out["opacity"] * 2 - 1], dim=-1).permute(0, 3, 1, 2)
+            return normal_map, latents
+        return normal_map, None
 
 
 class MeshTextureSystem(MeshSystem):
-    KIND = "texture"
+    """Fantasia3D's appearance stage (``mesh-texture``): the earlier stage's geometry, frozen; an albedo or PBR
+    texture trains."""
+
+    Particle = TextureParticle
+
+    def __init__(self, run_cfg, stage_name, stage_cfg, prior, run_dir=None):
+        super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
+        for p in self.particles:
+            p.dmtet.sdf.requires_grad_(False)
+            p.dmtet.deformation.requires_grad_(False)
+
+    def particle_groups(self, particle: MeshParticle, o) -> list[dict]:
+        if particle.material is None:
+            return [g for g in super().particle_groups(particle, o) if g["name"] in ("encoding", "network")]
+        groups = [{**g, "name": f"material-{g['name']}"} for g in particle.material.parameter_groups(o.lr_encoding,
+                                                                                                    o.lr_network)]
+        return groups + [{"params": [q for q in particle.light.parameters() if q.requires_grad], "lr": o.lr_background,
+                          "name": "light"}]
+
+    def regularizers(self, particle, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {}  # the geometry is fixed

@@ -16,12 +16,24 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from dream3d.prior.shapeworld.catalogue import VIEW_SUFFIXES, catalogue
-from dream3d.prior.tiny import _byte_vocab
+from dream3d.shapeworld.catalogue import VIEW_SUFFIXES, catalogue
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 END = "</w>"
 _WORD_RE = re.compile(r"[a-z]+|[0-9]|[^\sa-z0-9]+")  # CLIP's pre-tokenizer, for the ASCII captions used here
+
+
+def byte_vocab() -> list[str]:
+    """The 256 printable stand-ins that CLIP's byte-level BPE starts from."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
 
 
 def caption_words(captions: Iterable[str] | None = None) -> Counter:
@@ -70,7 +82,7 @@ def _apply(symbols: Sequence[str], pair: tuple[str, str]) -> list[str]:
 
 def build_vocab(merges: Sequence[tuple[str, str]]) -> dict[str, int]:
     """CLIP layout: 256 byte stand-ins, the same with ``</w>``, each merge result, then BOS and EOS."""
-    chars = _byte_vocab()
+    chars = byte_vocab()
     tokens = chars + [c + END for c in chars]
     seen = set(tokens)
     for a, b in merges:

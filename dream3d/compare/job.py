@@ -5,11 +5,13 @@
 
 With a prompt it fits the NeRF stage of the ``dreamfusion`` recipe (SDS at its usual guidance scale, 100)
 and of the ``prolificdreamer`` recipe (VSD at 7.5; its later mesh stages are left out, so the two runs
-differ in the guidance only) into ``<out>/sds`` and ``<out>/vsd``: same seed, same step budget, same particle
-count, one loaded prior for both. Then both are exported, evaluated (``dream3d eval``) and
-put side by side by :func:`dream3d.export.report.write_report` in ``<out>/report.html`` and
-``<out>/summary.json``. Running the same command again with ``out=`` continues an interrupted comparison:
-finished runs are kept, an interrupted one resumes from its checkpoint.
+differ in the guidance only) into ``<out>/sds`` and ``<out>/vsd`` (:func:`fit_pair`): same seed, same step budget,
+same particle count, one loaded prior for both. Then :func:`dream3d.compare.report.write_report` exports and
+evaluates both where needed and puts them side by side in ``<out>/report.html`` and ``<out>/summary.json``.
+Running the same command again with ``out=`` continues an interrupted comparison: finished runs are kept, an
+interrupted one resumes from its checkpoint.
+
+This is the only module of the package that fits; the report below it only reads run folders.
 """
 
 from __future__ import annotations
@@ -19,27 +21,24 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from dream3d.config import ConfigError, load_config, load_run_config, load_stored
-from dream3d.errors import Dream3DError
+from dream3d.compare.errors import CompareError
+from dream3d.config import ConfigError, load_config, load_stored
+from dream3d.rundir import RunFolder
 
 RECIPES = {"sds": "dreamfusion", "vsd": "prolificdreamer"}
 DEFAULTS = {"prompt": "", "seed": 0, "budget": 600, "particles": 2, "out": "", "prior": "", "views": 16,
             "video_views": 60, "video_size": 256, "texture_size": 512, "mesh_resolution": 128}
 
 
-class CompareError(Dream3DError, ValueError):
-    """Bad compare input: one line naming the key or folder."""
-
-
 def default_out(prompt: str, output_dir: str = "outputs") -> Path:
-    from dream3d.run import slugify
+    from dream3d.rundir import slugify
 
     return Path(output_dir) / "compare" / f"{slugify(prompt)}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_label(run_dir: Path) -> str:
     """``"vsd, CFG 7.5"`` from a run's stored config (the last stage's guidance)."""
-    cfg = load_run_config(run_dir)
+    cfg = RunFolder(run_dir).read_config()
     stage = list(cfg.stages.values())[-1]
     particles = int(cfg.particles)
     return (f"{stage.guidance.name}, CFG {stage.guidance.guidance_scale:g}"
@@ -47,10 +46,8 @@ def run_label(run_dir: Path) -> str:
 
 
 def _done(run_dir: Path) -> bool:
-    from dream3d.rundir import RunFolder
-
-    summary = RunFolder(run_dir).read_summary()
-    return summary.get("status") == "done" and (run_dir / "export" / "model.glb").is_file()
+    folder = RunFolder(run_dir)
+    return folder.read_summary().get("status") == "done" and folder.mesh_path.is_file()
 
 
 def fit_pair(values: dict, out: Path, log: Callable[[str], None] = print, show_progress: bool = True) -> dict[str, Path]:
@@ -66,8 +63,9 @@ def fit_pair(values: dict, out: Path, log: Callable[[str], None] = print, show_p
     configs = {}
     for kind, recipe in RECIPES.items():  # validate both before any work
         run_dir = out / kind
-        if (run_dir / "config.yaml").is_file():
-            configs[kind] = (run_dir, load_config({}, base=load_stored(run_dir / "config.yaml")), True)
+        stored = RunFolder(run_dir).config_path
+        if stored.is_file():
+            configs[kind] = (run_dir, load_config({}, base=load_stored(stored)), True)
         else:
             cfg = load_config({**common, "recipe": recipe})
             first = next(iter(cfg.stages))
@@ -92,8 +90,9 @@ def fit_pair(values: dict, out: Path, log: Callable[[str], None] = print, show_p
 
 def compare(values: dict, runs: Optional[list[str]] = None, log: Callable[[str], None] = print,
             show_progress: bool = True) -> dict:
-    """The whole comparison; returns the report's summary (also written to ``<out>/summary.json``)."""
-    from dream3d.export.report import write_report
+    """The whole comparison; returns the report's summary (written once, to ``<out>/summary.json``), with
+    ``out`` and ``compare_wall_s`` (seconds for fits and report together)."""
+    from dream3d.compare.report import write_report
 
     start = time.perf_counter()
     if runs:
@@ -101,11 +100,11 @@ def compare(values: dict, runs: Optional[list[str]] = None, log: Callable[[str],
             raise CompareError(f"expected two run folders to compare, got {len(runs)}")
         folders = [Path(r) for r in runs]
         for folder in folders:
-            if not (folder / "config.yaml").is_file():
+            if not RunFolder(folder).config_path.is_file():
                 raise CompareError(f"{folder}: not a dream3d run folder (no config.yaml)")
         if values["prompt"]:
             raise CompareError("prompt: give either a prompt (to fit two runs) or two run folders, not both")
-        prompt = load_run_config(folders[0]).prompt
+        prompt = RunFolder(folders[0]).read_config().prompt
         out = Path(values["out"]) if values["out"] else default_out(prompt)
         labelled = {}
         for folder in folders:
@@ -123,13 +122,7 @@ def compare(values: dict, runs: Optional[list[str]] = None, log: Callable[[str],
         pair = fit_pair(values, out, log, show_progress)
         labelled = {run_label(folder): folder for folder in pair.values()}
     title = f"SDS vs VSD: \u201c{prompt}\u201d" if not runs else f"\u201c{prompt}\u201d: " + " vs ".join(labelled)
-    summary = write_report(out, labelled, title, log=log, views=values["views"])
-    summary["out"] = str(out)
-    summary["compare_wall_s"] = round(time.perf_counter() - start, 1)
-    from dream3d.io import write_json
-
-    write_json(out / "summary.json", summary)
-    return summary
+    return write_report(out, labelled, title, log=log, views=values["views"], started=start)
 
 
 def typed(kv: dict[str, str]) -> dict:

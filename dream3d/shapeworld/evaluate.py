@@ -21,8 +21,8 @@ from torch import Tensor
 from dream3d.cameras import VIEW_LABELS
 from dream3d.prior.loader import Prior
 from dream3d.prior.sample import sample
-from dream3d.prior.shapeworld.catalogue import caption_with_view
-from dream3d.prior.shapeworld.classifier import ShapeClassifier
+from dream3d.shapeworld.catalogue import caption_with_view
+from dream3d.shapeworld.classifier import ShapeClassifier
 
 Log = Callable[[str], None]
 

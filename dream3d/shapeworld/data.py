@@ -1,7 +1,7 @@
 """Rendered training data of the shape-world prior: captioned views of every catalogue object.
 
 Each image shows one catalogue object from a random camera (the DreamFusion ranges of
-:class:`dream3d.config.CameraConfig`: elevation -10..90 degrees, uniform on the sphere's height; azimuth all
+:class:`dream3d.cameras.CameraConfig`: elevation -10..90 degrees, uniform on the sphere's height; azimuth all
 around; fovy 40..70) under a jittered directional light, on a white background, captioned
 ``caption_with_view(object caption, view label of the camera)`` ("a snowman, back view").
 
@@ -10,7 +10,7 @@ of the field of view (``fill_range``, default 0.75..1: always fully in frame, ne
 image as the unscaled object seen from ``distance = r / (fill * sin(fovy / 2))``, which is what is rendered;
 so the camera distance range does not apply (the image depends on direction, fovy and fill only).
 
-**Shading.** Lambert + ambient, like :func:`dream3d.render.raster.render_mesh`, but with a per-image ambient
+**Shading.** Lambert + ambient, like :func:`dream3d.render.mesh.render_mesh`, but with a per-image ambient
 level (``ambient_range``) and light direction (the camera direction plus N(0, ``light_jitter``) noise, as in
 :func:`dream3d.cameras.sample_cameras`), applied to an unshaded, silhouette-antialiased render.
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,10 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dream3d.cameras import VIEW_LABELS, Cameras, make_cameras, sample_cameras
-from dream3d.config import CameraConfig
-from dream3d.prior.shapeworld.catalogue import ShapeObject, caption_with_view, catalogue
-from dream3d.render.raster import edge_topology, render_mesh
+from dream3d.cameras import VIEW_LABELS, CameraConfig, Cameras, make_cameras, sample_cameras
+from dream3d.io import atomic_path
+from dream3d.render.mesh import render_mesh
+from dream3d.render.mesh_geometry import edge_topology
+from dream3d.shapeworld.catalogue import ShapeObject, caption_with_view, catalogue
 
 FORMAT_VERSION = 1
 HELD_OUT_SEED_OFFSET = 1_000_003  # held-out split: seed + this (disjoint random stream from the training split)
@@ -145,8 +144,8 @@ def render_views(
     radius = float(obj.verts.norm(dim=-1).max())
     cams: Cameras = make_cameras(elevation, azimuth, framing_distance(radius, fovy, fill), fovy, size, size)
     with torch.no_grad():
-        out = render_mesh(obj.verts, obj.faces, obj.colors, cams, ambient=1.0, background=0.0, topology=topology)
-    albedo, alpha = out["rgb"], out["alpha"]  # albedo premultiplied by coverage (black background)
+        out = render_mesh(obj.verts, obj.faces, cams, obj.colors, ambient=1.0, background=0.0, topology=topology)
+    albedo, alpha = out["rgb"], out["opacity"]  # albedo premultiplied by coverage (black background)
     lambert = (out["normal"] * light.view(-1, 1, 1, 3)).sum(-1, keepdim=True).clamp_min(0.0)
     a = ambient.view(-1, 1, 1, 1)
     return (albedo * (a + (1.0 - a) * lambert) + (1.0 - alpha)).clamp(0.0, 1.0)
@@ -207,19 +206,12 @@ def cache_key(n: int, seed: int, cfg: RenderConfig) -> str:
 def save_dataset(data: ShapeDataset, path: str | Path) -> Path:
     """Write ``data`` to a compressed ``.npz`` atomically (temp file, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp.npz")
-    os.close(fd)
-    try:
+    with atomic_path(path, keep_suffix=True) as tmp:  # the temporary name ends in .npz: numpy appends none
         np.savez_compressed(
             tmp, images=data.images, object_ids=data.object_ids, view_ids=data.view_ids,
             caption_ids=data.caption_ids, captions=np.array(data.captions), elevation=data.elevation,
             azimuth=data.azimuth, fovy=data.fovy, version=np.array(FORMAT_VERSION),
         )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -1,6 +1,6 @@
 """The shape world's evaluation classifier: which catalogue object (and so which colour) an image shows.
 
-A small CNN with two heads, trained on true renders (:mod:`dream3d.prior.shapeworld.data`):
+A small CNN with two heads, trained on true renders (:mod:`dream3d.shapeworld.data`):
 
 * **entries**: one class per catalogue object (58); object-kind probabilities ("cube", ..., "snowman") and
   colour probabilities (the named colours of :data:`COLORS`, plus ``"none"`` for the composites, whose colours
@@ -16,7 +16,6 @@ diffusers component: ``model_index.json`` does not list it. Load with :func:`loa
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -26,8 +25,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dream3d.cameras import VIEW_LABELS
-from dream3d.prior.shapeworld.catalogue import COLORS, catalogue
-from dream3d.prior.shapeworld.data import ShapeDataset
+from dream3d.io import atomic_path, write_json
+from dream3d.shapeworld.catalogue import COLORS, catalogue
+from dream3d.shapeworld.config import TrainConfig, architecture
+from dream3d.shapeworld.data import ShapeDataset
+from dream3d.shapeworld.trainer import Log, StageRunner
 
 NO_COLOUR = "none"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -128,14 +130,11 @@ def save_classifier(model: ShapeClassifier, folder: str | Path, metrics: Optiona
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    tmp = folder / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    os.replace(tmp, folder / WEIGHTS)
+    with atomic_path(folder / WEIGHTS) as tmp:
+        save_file(state, str(tmp))
     config = {"widths": model.widths, "image_size": model.image_size, "classes": model.classes,
               "metrics": metrics or {}}
-    tmp = folder / f".{CONFIG}.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    os.replace(tmp, folder / CONFIG)
+    write_json(folder / CONFIG, config)
     return folder
 
 
@@ -202,11 +201,12 @@ def evaluate(model: ShapeClassifier, data: ShapeDataset, batch: int = 256) -> di
             "view_front_objects": view_hits / max(view_count, 1), "n": n}
 
 
-def train_classifier(cfg, train: ShapeDataset, test: ShapeDataset, folder: str | Path, resume: bool, log) -> dict:
-    """Stage 5 of :func:`dream3d.prior.shapeworld.train.train`: fit on ``train``, measure on ``test``, save to
-    ``folder``. ``cfg`` is a :class:`~dream3d.prior.shapeworld.train.TrainConfig`. Returns the metrics."""
-    from dream3d.prior.shapeworld.train import StageRunner, architecture
-
+def train_classifier(
+    cfg: TrainConfig, train: ShapeDataset, test: ShapeDataset, folder: str | Path, resume: bool, log: Log,
+) -> dict:
+    """Stage 5 of :func:`dream3d.shapeworld.train.train`: fit on ``train`` (steps run by the shared
+    :class:`~dream3d.shapeworld.trainer.StageRunner`), measure on ``test``, save to ``folder``. Returns the
+    metrics."""
     c = cfg.classifier
     torch.manual_seed(cfg.seed + 31)
     model = ShapeClassifier(c.widths, c.image_size, class_table())

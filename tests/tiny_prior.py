@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised diffusers text-to-image pipelines for tests and benchmarks.
+"""Tiny, randomly initialised diffusers text-to-image pipelines for tests and benchmarks (a test fixture:
+``tests/conftest.py`` and ``scripts/bench.py`` use it; ``python tests/tiny_prior.py <folder>`` writes one).
 
 They are real diffusers/transformers models (UNet2DConditionModel, CLIPTextModel, CLIPTokenizer,
 DDPMScheduler and, for latent priors, AutoencoderKL), only very small, saved with ``save_pretrained`` in
@@ -11,24 +12,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def _byte_vocab() -> list[str]:
-    """The 256 printable stand-ins that CLIP's byte-level BPE starts from."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
+from dream3d.shapeworld.tokenizer import byte_vocab
 
 
 def write_char_tokenizer(folder: Path, max_length: int = 77) -> int:
     """Write a character-level CLIP tokenizer (vocab.json + an empty merges.txt). Returns the vocab size."""
     folder.mkdir(parents=True, exist_ok=True)
-    chars = _byte_vocab()
+    chars = byte_vocab()
     tokens = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n")

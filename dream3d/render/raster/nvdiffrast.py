@@ -1,14 +1,15 @@
-"""nvdiffrast behind :mod:`dream3d.render.raster`'s interface (GPU users; optional, never imported on CPU runs).
+"""The nvdiffrast backend of :mod:`dream3d.render.raster` (GPU users; optional, never imported on CPU runs).
 
 :func:`dream3d.render.raster.rasterize` hands CUDA work here when ``backend="nvdiffrast"``, or ``"auto"`` and
-nvdiffrast imports. The result is the same :class:`~dream3d.render.raster.Raster` (triangle ids, perspective-
-correct barycentrics, view depth), so :func:`~dream3d.render.raster.interpolate` and
+nvdiffrast imports. The result is the same :class:`~dream3d.render.raster.core.Raster` (triangle ids,
+perspective-correct barycentrics, view depth), so :func:`~dream3d.render.raster.interpolate` and
 :func:`~dream3d.render.raster.face_attribute` work unchanged; nvdiffrast's own output is kept in
 ``Raster.native`` so that :func:`~dream3d.render.raster.antialias` can use ``nvdiffrast.torch.antialias``.
 
 nvdiffrast's rasterizer output per pixel is (u, v, z/w, triangle id + 1) with the point at
 u·p0 + v·p1 + (1 - u - v)·p2 of the triangle's corners; its gradients reach the clip-space positions
 through u and v. ``tests/test_raster_backends.py`` checks agreement with the torch backend where both run.
+(``import nvdiffrast.torch`` below is the installed package: imports are absolute.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from dream3d.render.raster.core import Raster
 
 
 @functools.lru_cache(maxsize=None)
@@ -39,11 +42,9 @@ def _context(device_index: int):
     return dr.RasterizeCudaContext(device=torch.device("cuda", device_index))
 
 
-def rasterize(clip: Tensor, faces: Tensor, height: int, width: int, cull_backfaces: bool = False):
+def rasterize(clip: Tensor, faces: Tensor, height: int, width: int, cull_backfaces: bool = False) -> Raster:
     """Same contract as :func:`dream3d.render.raster.rasterize` (clip [B,V,4] on CUDA, faces [F,3])."""
     import nvdiffrast.torch as dr
-
-    from dream3d.render.raster import Raster
 
     tri = faces.to(torch.int32).contiguous()
     native, _ = dr.rasterize(_context(clip.device.index or 0), clip.contiguous().float(), tri, (height, width))
@@ -66,8 +67,8 @@ def rasterize(clip: Tensor, faces: Tensor, height: int, width: int, cull_backfac
     return Raster(tri_id=tri_id, bary=bary, depth=depth, mask=mask, native=native)
 
 
-def antialias(color: Tensor, rast, clip: Tensor, faces: Tensor, topology: Optional[Tensor] = None) -> Tensor:
-    """``nvdiffrast.torch.antialias`` of ``color`` [B,H,W,C] with the raster's native output."""
+def antialias(color: Tensor, rast: Raster, clip: Tensor, faces: Tensor, topology: Optional[Tensor] = None) -> Tensor:
+    """``nvdiffrast.torch.antialias`` of ``color`` [B,H,W,C] with the raster's native output (``topology``: unused)."""
     import nvdiffrast.torch as dr
 
     return dr.antialias(color.contiguous(), rast.native, clip.contiguous().float(), faces.to(torch.int32).contiguous())

@@ -3,7 +3,7 @@
 Two kinds of object:
 
 * **primitives**: every named colour in :data:`COLORS` times every primitive in
-  :data:`~dream3d.prior.shapeworld.primitives.PRIMITIVES` ("a red cube", "an orange torus", ...);
+  :data:`~dream3d.shapeworld.primitives.PRIMITIVES` ("a red cube", "an orange torus", ...);
 * **composites**: everyday objects assembled from primitives, most with a recognisable front or an
   asymmetry ("a snowman" has its carrot nose at +Z, "a chair" its backrest at -Z, "a mug" its handle at +X).
 
@@ -18,14 +18,13 @@ import difflib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Callable, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from dream3d.prior.shapeworld import primitives as P
-from dream3d.prior.shapeworld.primitives import Mesh
+from dream3d.shapeworld import primitives as P
+from dream3d.shapeworld.primitives import Mesh
 
 OBJECT_EXTENT = 0.9  # largest side of every object's bounding box after normalisation
 
@@ -320,10 +319,3 @@ def format_catalogue(objects: Sequence[ShapeObject] | None = None) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
-
-def export_glb(obj: ShapeObject, path: Union[str, Path]) -> Path:
-    """Write ``obj`` as a binary glTF with vertex colours and a matte material (atomically). Returns the path."""
-    from dream3d.export.mesh import write_glb
-    from dream3d.representations.mesh import TexturedMesh
-
-    return write_glb(TexturedMesh(obj.verts, obj.faces, vertex_colors=obj.colors.clamp(0.0, 1.0)), path)
