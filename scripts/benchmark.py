@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 QUICK = {"recipes": ["dreamfusion"], "prompts": ["a red cube", "a snowman"], "seeds": 2, "steps": 300}
 EXPORT = ["mesh_resolution=96", "texture_size=512", "video_views=0"]  # the video is not measured here
+OVERRIDES: list[str] = []  # --set key=value for every fit (a quality experiment's one lever)
 FIGURES = ["r_precision", "object_accuracy", "colour_accuracy", "iou", "colour_error", "janus", "volume_iou",
            "chamfer"]
 EVAL_KEYS = FIGURES + ["front_accuracy", "front_azimuth", "front_ok", "top_caption"]
@@ -99,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--name", default=None, help="output folder outputs/benchmark/<name> (default: from the "
                     "prompt set and recipes; outputs/benchmark itself for --prompts and --quick)")
     ap.add_argument("--out", default=None, help="output folder (overrides --name)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dream3d fit key=value for every run (repeatable), e.g. "
+                    "--set stages.coarse.renderer.background=solid: one lever of a quality experiment")
     ap.add_argument("--fresh", action="store_true", help="refit every run, even those with an eval.json")
     ap.add_argument("--no-sheet", dest="sheet", action="store_false", help="skip sheet.png")
     ap.add_argument("--timing", action="store_true", help="also run scripts/bench.py's per-iteration split")
@@ -333,7 +337,7 @@ def _rel(path: Path) -> str:
 
 
 def _settings(steps) -> dict:
-    return {"steps": steps, "export": EXPORT}
+    return {"steps": steps, "export": EXPORT, **({"set": OVERRIDES} if OVERRIDES else {})}
 
 
 def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int = 1, fresh: bool = True) -> dict:
@@ -355,7 +359,7 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int 
             if run_dir.exists():
                 shutil.rmtree(run_dir)
             fit = [sys.executable, "-m", "dream3d.cli", "fit", f"prompt={prompt}", f"recipe={recipe}", f"seed={seed}",
-                   f"output_dir={out / 'runs'}", f"name={name}", f"threads={threads}", "--quiet", *EXPORT]
+                   f"output_dir={out / 'runs'}", f"name={name}", f"threads={threads}", "--quiet", *EXPORT, *OVERRIDES]
             if steps:
                 fit.append(f"steps={steps}")
             done = _run(fit, env)
@@ -602,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
 
     default_recipe = RunConfig().recipe
     fresh = args.fresh
+    OVERRIDES[:] = args.overrides
     if args.quick:
         recipes, prompts, seeds, steps, want_timing = (QUICK["recipes"], QUICK["prompts"], QUICK["seeds"],
                                                        QUICK["steps"], True)

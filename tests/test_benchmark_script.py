@@ -209,3 +209,15 @@ def test_run_all_runs_jobs_at_once_and_keeps_the_order(benchmark, monkeypatch, c
     assert peak[0] == 2 and [r["prompt"] for r in rows] == ["a red cube", "a blue cube", "a mug", "a car"]
     assert rows[2]["error"].startswith("KeyError") and rows[2]["pass"] is False and rows[0]["pass"]
     assert "[4/4" in capsys.readouterr().out
+
+
+def test_set_overrides_reach_the_settings_so_a_changed_lever_refits(benchmark):
+    before = benchmark._settings(None)
+    args = benchmark.parse_args(["--subset", "--set", "stages.coarse.renderer.background=solid"])
+    assert args.overrides == ["stages.coarse.renderer.background=solid"]
+    benchmark.OVERRIDES[:] = args.overrides
+    try:
+        assert benchmark._settings(None) == {**before, "set": ["stages.coarse.renderer.background=solid"]}
+    finally:
+        benchmark.OVERRIDES[:] = []
+    assert benchmark._settings(None) == before
