@@ -170,7 +170,7 @@ def _run_stages(cfg: RunConfig, folder: RunFolder, summary: dict, prior, device:
             run_steps=trainer.global_step - callback.start_step,
             it_per_s=round(callback.iterations_per_second(trainer), 3),
             completed_steps=callback.saved_step if failure is not None else trainer.global_step,
-            final=system.last_metrics,
+            final=system.last_metrics or record.get("final", {}),  # a resume with no step left keeps the old
             checkpoint=str(ckpt.relative_to(folder.path)),
         )
         if failure is not None:

@@ -310,9 +310,10 @@ def test_sigterm_mid_training_saves_a_checkpoint_and_exits_143(recipe, latent_pr
     out = tmp_path / "out"
     run = out / "tiny2" / "r"
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("OMP_NUM_THREADS")  # threads= decides
     proc = subprocess.Popen([sys.executable, "-m", "dream3d.cli", *fit_args(recipe, latent_prior_dir, out, "r",
-                             "stages.coarse.steps=2000")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True)
+                             "stages.coarse.steps=2000", "threads=1")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
     csv_path = run / "stages" / "coarse" / "metrics.csv"
     deadline = time.time() + 120
     while time.time() < deadline and not (csv_path.is_file() and len(csv_path.read_text().splitlines()) > 4):
@@ -322,7 +323,7 @@ def test_sigterm_mid_training_saves_a_checkpoint_and_exits_143(recipe, latent_pr
     assert proc.returncode == 143, err
     assert "stopped by SIGTERM" in one_error_line(err) or "SIGTERM at step" in one_error_line(err)
     s = summary(run)
-    assert s["status"] == "interrupted" and s["error"] == "SIGTERM"
+    assert s["status"] == "interrupted" and s["error"] == "SIGTERM" and s["threads"] == 1
     step = s["stages"]["coarse"]["completed_steps"]
     assert 3 <= step < 2000 and s["stages"]["coarse"]["status"] == "interrupted"
     assert torch.load(run / "ckpts" / "coarse" / "last.ckpt", weights_only=True)["global_step"] == step
@@ -373,9 +374,13 @@ def test_second_process_on_a_run_folder_is_refused_and_a_dead_holder_is_taken_ov
     (run / ".lock").write_text("999999\n")
     stale = run / "ckpts" / "fine" / ".last.ckpt.tmp424242"
     stale.write_bytes(b"x" * 1000)
-    code, err = run_cli(capsys, "fit", f"resume={run}", "--quiet")
-    assert code == 0, err
+    code = cli.main(["fit", f"resume={run}", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
     assert not stale.exists() and summary(run)["status"] == "done"
+    # the resumed stage's line keeps the stage's total apart from what this run did
+    fine = summary(run)["stages"]["fine"]
+    assert f"stage fine: 6 steps, {fine['wall_s']} s in all (this run: 0 steps in {fine['run_wall_s']} s" in out
 
 
 def test_failed_export_at_the_end_of_fit_exits_non_zero(done_run, tmp_path, capsys):

@@ -302,8 +302,8 @@ class StageCallback(pl.Callback):
         self.interrupted = False
         self.exception: Optional[BaseException] = None  # the KeyboardInterrupt / Terminated that stopped the stage
         self.saved_step = saved_step  # the step of the last checkpoint written (or found on resume)
-        self.start_time = 0.0
-        self.start_step = 0
+        self.start_time = time.perf_counter()  # on_train_start resets both; a resumed, finished stage never calls it
+        self.start_step = saved_step
         self.metrics_file = None
         self.metrics_writer = None
         self.metrics_keys: list[str] = []
