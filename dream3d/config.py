@@ -128,17 +128,6 @@ def main_keys() -> list[tuple[str, str]]:
     return out
 
 
-def _schema_keys(node: Any, prefix: str = "") -> list[str]:
-    keys = []
-    if dataclasses.is_dataclass(node):
-        for f in dataclasses.fields(node):
-            keys.append(prefix + f.name)
-            value = getattr(node, f.name)
-            if dataclasses.is_dataclass(value):
-                keys.extend(_schema_keys(value, prefix + f.name + "."))
-    return keys
-
-
 def _one_line(exc: OmegaConfBaseException, source: str) -> ConfigError:
     full_key = getattr(exc, "full_key", None) or "?"
     if isinstance(exc, ConfigKeyError):

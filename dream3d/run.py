@@ -43,10 +43,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def read_summary(run_dir: Path) -> dict:
-    return RunFolder(run_dir).read_summary()
-
-
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

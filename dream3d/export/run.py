@@ -151,12 +151,11 @@ def ensure_exported(run_dir: str | Path, log: Callable[[str], None] = print) -> 
 
 def _last_nerf_stage(folder: RunFolder) -> Optional[str]:
     """The last NeRF stage with a checkpoint (what ``mode=volume`` renders by default), or None."""
-    from dream3d.config import ConfigError
     from dream3d.registry import mesh_systems
 
     try:
         stages = folder.read_config().stages
-    except (ConfigError, Dream3DError):
+    except Dream3DError:  # ConfigError and RunFolderError alike
         return None
     return folder.last_trained_stage([n for n, st in stages.items() if st.system not in mesh_systems()])
 
