@@ -22,6 +22,12 @@ class CameraConfig:
     elevation_range: list[float] = field(default_factory=lambda: [-10.0, 90.0])
     azimuth_range: list[float] = field(default_factory=lambda: [-180.0, 180.0])
     distance_range: list[float] = field(default_factory=lambda: [1.5, 2.0])
+    # framing: "distance" draws the camera distance from distance_range (DreamFusion); "fill" draws the share
+    # of the field of view that a sphere of framing_radius spans from fill_range and sets the distance from it
+    # (the shipped prior's training framing: the bounding sphere spans 75-100% of the field of view)
+    framing: str = "distance"
+    fill_range: list[float] = field(default_factory=lambda: [0.75, 1.0])
+    framing_radius: float = 0.6
     fovy_range: list[float] = field(default_factory=lambda: [40.0, 70.0])
     light_distance_range: list[float] = field(default_factory=lambda: [0.8, 1.5])
     height: int = 64
@@ -157,11 +163,17 @@ def _uniform(lo_hi: list[float], n: int, gen: torch.Generator) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen)
 
 
+def framing_distance(radius: float, fovy: Tensor, fill: Tensor) -> Tensor:
+    """Camera distance [B] at which a sphere of ``radius`` spans ``fill`` [B] of the field of view ``fovy`` [B]."""
+    return radius / (fill * torch.sin(torch.deg2rad(fovy) / 2))
+
+
 def sample_cameras(cfg, gen: torch.Generator, batch_size: Optional[int] = None) -> Cameras:
     """Random cameras from a :class:`CameraConfig`.
 
     Elevation is sampled uniformly on the sphere's height between the range's bounds (so overhead views are
-    not over-represented), azimuth, distance and fovy uniformly. The point light sits near the camera
+    not over-represented), azimuth, distance and fovy uniformly; with ``framing="fill"`` the distance follows
+    from a uniform fill instead (:func:`framing_distance`). The point light sits near the camera
     direction (DreamFusion): camera direction plus N(0, 0.5) jitter, normalised, times a distance from
     ``light_distance_range``.
     """
@@ -171,6 +183,8 @@ def sample_cameras(cfg, gen: torch.Generator, batch_size: Optional[int] = None) 
     azimuth = _uniform(cfg.azimuth_range, n, gen)
     distance = _uniform(cfg.distance_range, n, gen)
     fovy = _uniform(cfg.fovy_range, n, gen)
+    if cfg.framing == "fill":  # a sphere of framing_radius spans `fill` of the field of view
+        distance = framing_distance(cfg.framing_radius, fovy, _uniform(cfg.fill_range, n, gen))
     position = spherical_to_position(elevation, azimuth, distance)
     light_dir = position / position.norm(dim=-1, keepdim=True) + 0.5 * torch.randn(n, 3, generator=gen)
     light_dir = light_dir / light_dir.norm(dim=-1, keepdim=True)

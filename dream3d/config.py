@@ -411,8 +411,60 @@ def recipe_name(recipe: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-") or "recipe"
 
 
+PRIOR_SETTINGS = "dream3d.yaml"  # in a prior folder: the stage settings of the world it was trained on
+
+
+def _nest(flat: dict[str, Any]) -> dict:
+    tree: dict = {}
+    for key, value in flat.items():
+        _set_dotted(tree, key, value)
+    return tree
+
+
+def _under(base: dict, top: dict) -> dict:
+    """``top`` merged over ``base`` (nested mappings key by key; ``top`` wins)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _under(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def prior_stage_settings(prior: str) -> tuple[dict, Optional[Path]]:
+    """The stage settings a prior folder declares in its :data:`PRIOR_SETTINGS` file, nested, and the file.
+
+    The file is plain YAML (safe loader) with one key, ``stages:``, a mapping of stage keys (dotted or nested,
+    e.g. ``renderer.background: solid``) that every stage of every recipe uses unless the recipe or the command
+    line sets them: what the prior saw in training (background, framing, lighting), so that recipes describe
+    methods and priors their world. Stable Diffusion has no such file and keeps the recipes' (DreamFusion's)
+    settings. ``({}, None)`` when there is no file (or the prior is a hub id)."""
+    folder = Path(prior).expanduser()
+    if not folder.is_dir():
+        folder = PROJECT_ROOT / prior
+    path = folder / PRIOR_SETTINGS
+    if not path.is_file():
+        return {}, None
+    data = read_yaml(path, "prior settings (a mapping with one key, stages)")
+    if set(data) != {"stages"} or not isinstance(data["stages"], dict):
+        raise ConfigError(f"{path}: expected one key, 'stages', holding a mapping of stage keys")
+    flat: dict[str, Any] = {}
+
+    def flatten(node: dict, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                flatten(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    flatten(data["stages"], "")
+    nested = _nest(flat)
+    _split_text({"stages": {"<stage>": nested}}, f"prior settings {path}")  # unknown keys and bad values: one line
+    return nested, path
+
+
 def load_config(args: list[str] | dict[str, str], base: Optional[Any] = None) -> RunConfig:
-    """Merge schema <- recipe YAML (or ``base``, a stored run config mapping) <- overrides; validate; return.
+    """Merge schema <- prior settings <- recipe YAML (or ``base``, a stored run config mapping) <- overrides;
+    validate; return. Prior settings (:func:`prior_stage_settings`) apply to every stage of a recipe and not
+    to a stored run config, which holds them already.
 
     Text keys (prompt, negative_prompt, name, paths, choices) are taken literally from the command line and
     from files; typed keys are typed by the schema. Nothing is interpolated."""
@@ -426,6 +478,10 @@ def load_config(args: list[str] | dict[str, str], base: Optional[Any] = None) ->
         tree = read_yaml(path, "a recipe")
         source = f"recipe {path.name}"
         tree.pop("recipe", None)
+        defaults, _ = prior_stage_settings(overrides.get("prior", RunConfig.prior))
+        if defaults and isinstance(tree.get("stages"), dict):
+            tree["stages"] = {name: _under(defaults, stage if isinstance(stage, dict) else {})
+                              for name, stage in tree["stages"].items()}
     else:
         tree, source = dict(base), "stored run config"
     typed_tree, text = _split_text(tree, source)
@@ -644,6 +700,10 @@ def validate(cfg: RunConfig) -> None:
         _check_range(f"{p}.camera.azimuth_range", c.azimuth_range, -360, 360)
         _check_range(f"{p}.camera.distance_range", c.distance_range, 1e-3, 1e3)
         _check_range(f"{p}.camera.fovy_range", c.fovy_range, 1, 179)
+        _choice(f"{p}.camera.framing", c.framing, ["distance", "fill"])
+        _check_range(f"{p}.camera.fill_range", c.fill_range, 0.05, 1.0)
+        if not 0 < c.framing_radius <= 1e3:
+            raise ConfigError(f"{p}.camera.framing_radius: expected a positive number, got {c.framing_radius}")
         _check_range(f"{p}.camera.light_distance_range", c.light_distance_range, 0, 1e3)
         for key in ("height", "width", "batch_size", "eval_size"):
             if getattr(c, key) <= 0:
@@ -664,6 +724,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{p}.representation.radius: expected a positive number, got {n.radius}")
         g = st.guidance
         _choice(f"{p}.guidance.weighting", g.weighting, ["sds", "uniform", "fantasia"])
+        _choice(f"{p}.guidance.space", g.space, ["latent", "image"])
         _check_schedule(f"{p}.guidance.t_min", g.t_min)
         _check_schedule(f"{p}.guidance.t_max", g.t_max)
         _check_schedule(f"{p}.guidance.grad_clip", g.grad_clip, allow_none=True)

@@ -63,3 +63,15 @@ def test_turntable_orbit():
     cams = turntable(8, elevation=15.0, distance=1.75)
     assert torch.allclose(cams.azimuth, torch.tensor([0, 45, 90, 135, -180, -135, -90, -45.0]))
     assert torch.allclose(cams.elevation, torch.full((8,), 15.0))
+
+
+def test_fill_framing_matches_the_shape_world_data():
+    """framing=fill: a sphere of framing_radius spans a uniform share of the field of view from fill_range (the
+    shipped prior's training framing); distance_range is not used."""
+    cfg = CameraConfig(framing="fill", fill_range=[0.75, 1.0], framing_radius=0.6, distance_range=[50.0, 60.0])
+    cams = sample_cameras(cfg, torch.Generator().manual_seed(0), batch_size=256)
+    fill = 0.6 / (cams.distance * torch.sin(torch.deg2rad(cams.fovy) / 2))
+    assert fill.min() >= 0.75 - 1e-5 and fill.max() <= 1.0 + 1e-5 and fill.max() - fill.min() > 0.2
+    assert torch.allclose(cams.position.norm(dim=-1), cams.distance, atol=1e-4)
+    plain = sample_cameras(CameraConfig(distance_range=[50.0, 60.0]), torch.Generator().manual_seed(0), batch_size=8)
+    assert plain.distance.min() >= 50.0 and plain.distance.max() <= 60.0

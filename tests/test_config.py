@@ -148,3 +148,59 @@ def test_prior_sample_writes_a_grid(tmp_path, capsys, latent_prior_dir):
         assert cli.main(args) == 2
         assert needle in capsys.readouterr().err
     assert not (tmp_path / "bad.png").exists()
+
+
+def _prior_with_settings(latent_prior_dir, tmp_path, text: str):
+    import shutil
+
+    prior = tmp_path / "prior"
+    shutil.copytree(latent_prior_dir, prior)
+    (prior / "dream3d.yaml").write_text(text)
+    return prior
+
+
+def test_prior_settings_apply_under_recipe_and_command_line(latent_prior_dir, tmp_path):
+    """A prior's dream3d.yaml sets every stage's keys that the recipe and the command line leave alone."""
+    plain = load_config(base(latent_prior_dir))
+    assert plain.stages["coarse"].renderer.background == "mlp" and plain.stages["coarse"].camera.framing == "distance"
+    prior = _prior_with_settings(latent_prior_dir, tmp_path, "stages:\n  renderer:\n    background: solid\n"
+                                 "    ambient: 0.3\n  camera.framing: fill\n  guidance:\n    guidance_scale: 20\n")
+    cfg = load_config(base(prior))
+    coarse = cfg.stages["coarse"]
+    assert coarse.renderer.background == "solid" and coarse.renderer.ambient == 0.3 and coarse.camera.framing == "fill"
+    assert coarse.guidance.guidance_scale == 100.0  # the recipe sets it: the recipe wins
+    cfg = load_config(base(prior) + ["stages.coarse.renderer.background=random"])
+    assert cfg.stages["coarse"].renderer.background == "random"  # the command line wins
+    magic = load_config(["prompt=a mug", "recipe=magic3d", f"prior={prior}"])
+    assert all(s.renderer.background == "solid" and s.camera.framing == "fill" for s in magic.stages.values())
+
+
+def test_shipped_prior_declares_its_world():
+    cfg = load_config(["prompt=a mug"])  # the default prior and recipe
+    for stage in cfg.stages.values():
+        assert stage.renderer.background == "solid" and stage.renderer.background_color == [1.0, 1.0, 1.0]
+        assert stage.camera.framing == "fill" and stage.camera.fill_range == [0.75, 1.0]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("stages:\n  renderer:\n    backgrund: solid\n", "unknown key 'stages.<stage>.renderer.backgrund'"),
+        ("stages:\n  camera:\n    framing: [1, 2]\n", "stages.<stage>.camera.framing: expected text"),
+        ("renderer:\n  background: solid\n", "expected one key, 'stages'"),
+        ("stages: !!python/object/apply:os.system ['touch pwned']\n", "not valid YAML"),
+        ("stages:\n  renderer: [\n", "not valid YAML"),
+    ],
+)
+def test_bad_prior_settings_one_line(latent_prior_dir, tmp_path, text, needle):
+    prior = _prior_with_settings(latent_prior_dir, tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(base(prior))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    assert "dream3d.yaml" in str(err.value) and not (tmp_path / "pwned").exists()
+
+
+def test_bad_prior_setting_value_names_the_stage_key(latent_prior_dir, tmp_path):
+    prior = _prior_with_settings(latent_prior_dir, tmp_path, "stages:\n  camera:\n    framing: sideways\n")
+    with pytest.raises(ConfigError, match=r"stages.coarse.camera.framing: expected one of distance, fill, got 'sideways'"):
+        load_config(base(prior))

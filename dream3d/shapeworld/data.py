@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dream3d.cameras import VIEW_LABELS, CameraConfig, Cameras, make_cameras, sample_cameras
+from dream3d.cameras import VIEW_LABELS, CameraConfig, Cameras, framing_distance, make_cameras, sample_cameras
 from dream3d.io import atomic_path
 from dream3d.render.mesh import render_mesh
 from dream3d.render.mesh_geometry import edge_topology
@@ -125,11 +125,6 @@ def _draw_views(n: int, cfg: RenderConfig, gen: torch.Generator) -> _Views:
     light = F.normalize(to_cam + cfg.light_jitter * torch.randn(n, 3, generator=gen), dim=-1)
     labels = cams.view_labels(cfg.front_threshold, cfg.overhead_threshold)
     return _Views(cams.elevation, cams.azimuth, cams.fovy, fill, ambient, light, labels)
-
-
-def framing_distance(radius: float, fovy: Tensor, fill: Tensor) -> Tensor:
-    """Camera distance [B] at which a sphere of ``radius`` spans ``fill`` [B] of the field of view ``fovy`` [B]."""
-    return radius / (fill * torch.sin(torch.deg2rad(fovy) / 2))
 
 
 def render_views(
