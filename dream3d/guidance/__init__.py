@@ -17,6 +17,9 @@ class GuidanceConfig:
     t_max: Any = 0.98
     weighting: str = "sds"  # sds: w = 1 - alphā_t | uniform: w = 1 | fantasia: w = sqrt(alphā_t)(1 - alphā_t)
     grad_clip: Any = None  # clip the per-element SDS gradient to [-c, c]; number, schedule or null
+    # SDS only: where the residual is taken. latent: w(t) (eps_hat - eps) on the latents (DreamFusion); image:
+    # the render against the decoded one-step estimate of the clean image (guidance/sds.py)
+    space: str = "latent"
     # VSD only (guidance/vsd.py): the LoRA model of the particles' render distribution
     lora_rank: int = 4  # rank of the adapters on the UNet's attention projections
     lora_alpha: Optional[float] = None  # LoRA scale alpha / rank; null: alpha = rank
