@@ -414,13 +414,6 @@ def recipe_name(recipe: str) -> str:
 PRIOR_SETTINGS = "dream3d.yaml"  # in a prior folder: the stage settings of the world it was trained on
 
 
-def _nest(flat: dict[str, Any]) -> dict:
-    tree: dict = {}
-    for key, value in flat.items():
-        _set_dotted(tree, key, value)
-    return tree
-
-
 def _under(base: dict, top: dict) -> dict:
     """``top`` merged over ``base`` (nested mappings key by key; ``top`` wins)."""
     out = dict(base)
@@ -429,36 +422,33 @@ def _under(base: dict, top: dict) -> dict:
     return out
 
 
-def prior_stage_settings(prior: str) -> tuple[dict, Optional[Path]]:
-    """The stage settings a prior folder declares in its :data:`PRIOR_SETTINGS` file, nested, and the file.
+def prior_stage_settings(prior: str) -> dict:
+    """The stage settings a prior folder declares in its :data:`PRIOR_SETTINGS` file, as a nested mapping.
 
     The file is plain YAML (safe loader) with one key, ``stages:``, a mapping of stage keys (dotted or nested,
     e.g. ``renderer.background: solid``) that every stage of every recipe uses unless the recipe or the command
     line sets them: what the prior saw in training (background, framing, lighting), so that recipes describe
     methods and priors their world. Stable Diffusion has no such file and keeps the recipes' (DreamFusion's)
-    settings. ``({}, None)`` when there is no file (or the prior is a hub id)."""
-    folder = Path(prior).expanduser()
-    if not folder.is_dir():
-        folder = PROJECT_ROOT / prior
-    path = folder / PRIOR_SETTINGS
-    if not path.is_file():
-        return {}, None
+    settings. ``{}`` when there is no file (or the prior is a hub id)."""
+    folder = _local_prior_folder(prior)
+    path = folder / PRIOR_SETTINGS if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
     data = read_yaml(path, "prior settings (a mapping with one key, stages)")
     if set(data) != {"stages"} or not isinstance(data["stages"], dict):
         raise ConfigError(f"{path}: expected one key, 'stages', holding a mapping of stage keys")
-    flat: dict[str, Any] = {}
+    nested: dict = {}
 
-    def flatten(node: dict, prefix: str) -> None:
+    def collect(node: dict, prefix: str) -> None:  # dotted and nested keys alike end up nested
         for k, v in node.items():
             if isinstance(v, dict):
-                flatten(v, f"{prefix}{k}.")
+                collect(v, f"{prefix}{k}.")
             else:
-                flat[f"{prefix}{k}"] = v
+                _set_dotted(nested, f"{prefix}{k}", v)
 
-    flatten(data["stages"], "")
-    nested = _nest(flat)
+    collect(data["stages"], "")
     _split_text({"stages": {"<stage>": nested}}, f"prior settings {path}")  # unknown keys and bad values: one line
-    return nested, path
+    return nested
 
 
 def load_config(args: list[str] | dict[str, str], base: Optional[Any] = None) -> RunConfig:
@@ -478,7 +468,7 @@ def load_config(args: list[str] | dict[str, str], base: Optional[Any] = None) ->
         tree = read_yaml(path, "a recipe")
         source = f"recipe {path.name}"
         tree.pop("recipe", None)
-        defaults, _ = prior_stage_settings(overrides.get("prior", RunConfig.prior))
+        defaults = prior_stage_settings(overrides.get("prior", RunConfig.prior))
         if defaults and isinstance(tree.get("stages"), dict):
             tree["stages"] = {name: _under(defaults, stage if isinstance(stage, dict) else {})
                               for name, stage in tree["stages"].items()}
@@ -567,13 +557,21 @@ def _choice(key: str, value: str, options: list[str]) -> None:
         raise ConfigError(f"{key}: expected one of {', '.join(options)}, got '{value}'")
 
 
-def resolve_prior_path(prior: str) -> str:
-    """A local folder (absolute, relative to the working directory or to the project) or a hub id."""
+def _local_prior_folder(prior: str) -> Optional[Path]:
+    """The folder ``prior`` names (absolute, relative to the working directory or to the project), if any."""
     for candidate in (Path(prior).expanduser(), PROJECT_ROOT / prior):
         if candidate.is_dir():
-            if not (candidate / "model_index.json").is_file() and not (candidate / "unet").is_dir():
-                raise ConfigError(f"prior: folder {candidate} has no model_index.json or unet/ (expected a diffusers pipeline folder)")
-            return str(candidate.resolve())
+            return candidate
+    return None
+
+
+def resolve_prior_path(prior: str) -> str:
+    """A local folder (absolute, relative to the working directory or to the project) or a hub id."""
+    candidate = _local_prior_folder(prior)
+    if candidate is not None:
+        if not (candidate / "model_index.json").is_file() and not (candidate / "unet").is_dir():
+            raise ConfigError(f"prior: folder {candidate} has no model_index.json or unet/ (expected a diffusers pipeline folder)")
+        return str(candidate.resolve())
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", prior) and not prior.startswith((".", "/", "~")):
         owner = prior.split("/")[0]
         if Path(owner).is_dir() or (PROJECT_ROOT / owner).is_dir():  # 'assets/shapewrold': a mistyped local path

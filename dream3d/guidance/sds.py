@@ -87,11 +87,16 @@ def to_model_space(prior, rgb: Tensor, generator: Optional[torch.Generator] = No
     if latents is not None:
         size = prior.image_size // prior.vae_scale_factor
         return F.interpolate(latents.float(), (size, size), mode="bilinear", align_corners=False)
+    return prior.encode_images(at_prior_size(prior, rgb), generator).float()
+
+
+def at_prior_size(prior, rgb: Tensor) -> Tensor:
+    """rgb [B,H,W,3] -> [B,3,S,S] at the prior's image size S (bilinear when H or W differ)."""
     x = rgb.permute(0, 3, 1, 2)
     size = prior.image_size
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-    return prior.encode_images(x, generator).float()
+    return x
 
 
 def timestep_range(cfg: Any, num_train_timesteps: int, step: int) -> tuple[int, int]:
@@ -131,15 +136,11 @@ def distillation_loss(z: Tensor, grad: Tensor, grad_clip: Any, step: int) -> tup
 IMAGE_SCALE = 2.0
 
 
-def image_space_loss(prior, rgb: Tensor, z_t: Tensor, t: Tensor, eps_hat: Tensor, weight: Tensor,
+def image_space_loss(prior, rgb: Tensor, z_t: Tensor, abar: Tensor, eps_hat: Tensor, weight: Tensor,
                      grad_clip: Any, step: int) -> tuple[Tensor, Tensor]:
     """The image-space surrogate (module docstring): L = ½ Σ (x - sg(x - g))² / B with
-    g = IMAGE_SCALE w(t) sqrt(ᾱ/(1-ᾱ)) (x - D(ẑ_0)). rgb [B,H,W,3] -> (L, g [B,3,H',W'])."""
-    x = rgb.permute(0, 3, 1, 2)
-    size = prior.image_size
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False)
-    abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
+    g = IMAGE_SCALE w(t) sqrt(ᾱ/(1-ᾱ)) (x - D(ẑ_0)). rgb [B,H,W,3], ᾱ_t [B,1,1,1] -> (L, g [B,3,S,S])."""
+    x = at_prior_size(prior, rgb)
     with torch.no_grad():
         z0 = (z_t - (1 - abar).sqrt() * eps_hat) / abar.sqrt()
         x0 = prior.decode(z0.to(prior.dtype)).float()
@@ -184,7 +185,7 @@ class SDSGuidance:
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
         w = weighting(self.cfg.weighting, abar)
         if in_image:
-            loss, grad = image_space_loss(prior, rgb, z_t, t, eps_hat, w, self.cfg.grad_clip, step)
+            loss, grad = image_space_loss(prior, rgb, z_t, abar, eps_hat, w, self.cfg.grad_clip, step)
         else:
             loss, grad = distillation_loss(z, w * (eps_hat - noise), self.cfg.grad_clip, step)
         return {"sds": loss, "grad_norm": grad.norm().detach(), "t": t.float().mean().detach()}
