@@ -64,7 +64,7 @@ EXPORT = ["mesh_resolution=96", "texture_size=512", "video_views=0"]  # the vide
 OVERRIDES: list[str] = []  # --set key=value for every fit (a quality experiment's one lever)
 FIGURES = ["r_precision", "object_accuracy", "colour_accuracy", "iou", "colour_error", "janus", "volume_iou",
            "chamfer"]
-EVAL_KEYS = FIGURES + ["front_accuracy", "front_azimuth", "front_ok", "top_caption"]
+EVAL_KEYS = FIGURES + ["front_accuracy", "front_azimuth", "front_ok", "top_caption", "yaw"]
 RUN_FILE = "benchmark_run.json"  # in each run folder: what the benchmark measured, for resuming
 
 # The pass criterion of one run: figure, comparison, threshold. Objects with a front also need FRONT_PASS.
@@ -369,7 +369,7 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int 
                     row["run"] = _rel(run_dir)
         fit_s = time.perf_counter() - start
         evaluation = _read_json(RunFolder(run_dir).eval_path)
-        if previous is None or evaluation is None or any(k not in evaluation for k in FIGURES):
+        if previous is None or evaluation is None or any(k not in evaluation for k in (*FIGURES, "yaw")):
             t = time.perf_counter()
             _run([sys.executable, "-m", "dream3d.cli", "eval", str(run_dir)], env)
             eval_s = time.perf_counter() - t
@@ -544,7 +544,9 @@ def _render(mesh, size: int, views: int):
 
 def sheet_entry(row: dict, size: int = SHEET_SIZE) -> tuple[list[str], list]:
     """(labels, frames) of one run: the true object from the front, then SHEET_VIEWS turntable frames of the
-    exported mesh (None where there is no mesh)."""
+    exported mesh, turned like the evaluation turned it (``yaw``), so its views line up with the true object's
+    (None where there is no mesh)."""
+    from dream3d.eval import normalise, turn
     from dream3d.export.mesh import load_mesh
     from dream3d.representations.mesh import TexturedMesh
     from dream3d.rundir import RunFolder
@@ -558,7 +560,8 @@ def sheet_entry(row: dict, size: int = SHEET_SIZE) -> tuple[list[str], list]:
         frames.append(None)
     glb = RunFolder(ROOT / row["run"]).mesh_path  # an absolute run path stays absolute
     try:
-        frames += list(_render(load_mesh(glb), size, SHEET_VIEWS))
+        mesh = load_mesh(glb)
+        frames += list(_render(turn(normalise(mesh), row["yaw"]) if row.get("yaw") else mesh, size, SHEET_VIEWS))
     except (OSError, ValueError):
         frames += [None] * SHEET_VIEWS
     return sheet_labels(row), frames
