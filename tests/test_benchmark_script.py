@@ -169,7 +169,7 @@ def test_resume_reuses_a_finished_run(benchmark, tmp_path, monkeypatch):
     """A run folder with eval.json and the benchmark's own record (same settings) is not fitted again."""
     run = tmp_path / "runs" / "magic3d" / "a-red-cube-s0"
     run.mkdir(parents=True)
-    figures = {k: 0.5 for k in benchmark.FIGURES} | {"janus": None, "front_ok": None, "top_caption": "a red cube"}
+    figures = {k: 0.5 for k in benchmark.FIGURES} | {"janus": None, "front_ok": None, "top_caption": "a red cube", "yaw": 0.0}
     (run / "eval.json").write_text(json.dumps(figures))
     (run / "summary.json").write_text(json.dumps({"stages": {"coarse": {"wall_s": 10.0}}, "peak_rss_mb": 900}))
     (run / benchmark.RUN_FILE).write_text(json.dumps({"settings": benchmark._settings(None), "fit_s": 90.0,
@@ -184,6 +184,22 @@ def test_resume_reuses_a_finished_run(benchmark, tmp_path, monkeypatch):
     assert row["pass"] is False and "r_precision >= 0.9" in row["failed"]
     with pytest.raises(AssertionError):  # other settings (or --fresh): fitted again
         benchmark.run_one("magic3d", "a red cube", 0, 100, tmp_path, fresh=False)
+
+    calls = []
+
+    def eval_only(cmd, env):  # an eval.json from before the yaw alignment: evaluated again, not refitted
+        calls.append(cmd[3])
+        (run / "eval.json").write_text(json.dumps(figures | {"iou": 0.7}))
+
+    figures.pop("yaw")
+    run.mkdir(parents=True, exist_ok=True)  # the refit above cleared the folder
+    (run / "eval.json").write_text(json.dumps(figures))
+    (run / "summary.json").write_text(json.dumps({"stages": {"coarse": {"wall_s": 10.0}}, "peak_rss_mb": 900}))
+    (run / benchmark.RUN_FILE).write_text(json.dumps({"settings": benchmark._settings(None), "fit_s": 90.0,
+                                                      "eval_s": 10.0, "total_s": 100.0}))
+    monkeypatch.setattr(benchmark, "_run", eval_only)
+    row = benchmark.run_one("magic3d", "a red cube", 0, None, tmp_path, fresh=False)
+    assert calls == ["eval"] and row["resumed"] and row["iou"] == 0.7
 
 
 def test_run_all_runs_jobs_at_once_and_keeps_the_order(benchmark, monkeypatch, capsys):
