@@ -546,7 +546,7 @@ def sheet_entry(row: dict, size: int = SHEET_SIZE) -> tuple[list[str], list]:
     """(labels, frames) of one run: the true object from the front, then SHEET_VIEWS turntable frames of the
     exported mesh, turned like the evaluation turned it (``yaw``), so its views line up with the true object's
     (None where there is no mesh)."""
-    from dream3d.eval import normalise, turn
+    from dream3d.eval import turn
     from dream3d.export.mesh import load_mesh
     from dream3d.representations.mesh import TexturedMesh
     from dream3d.rundir import RunFolder
@@ -561,7 +561,7 @@ def sheet_entry(row: dict, size: int = SHEET_SIZE) -> tuple[list[str], list]:
     glb = RunFolder(ROOT / row["run"]).mesh_path  # an absolute run path stays absolute
     try:
         mesh = load_mesh(glb)
-        frames += list(_render(turn(normalise(mesh), row["yaw"]) if row.get("yaw") else mesh, size, SHEET_VIEWS))
+        frames += list(_render(turn(mesh, row.get("yaw") or 0.0), size, SHEET_VIEWS))  # _render normalises
     except (OSError, ValueError):
         frames += [None] * SHEET_VIEWS
     return sheet_labels(row), frames

@@ -155,6 +155,28 @@ def test_contact_sheet_writer(benchmark, tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_contact_sheet_shows_the_mesh_as_eval_turned_it(benchmark, tmp_path, monkeypatch):
+    """The sheet draws the run's mesh turned by its eval yaw, so its views line up with the true object's."""
+    import torch
+
+    import dream3d.export.mesh as export_mesh
+    from dream3d.eval import turn
+    from dream3d.representations.mesh import TexturedMesh
+    from dream3d.shapeworld import get
+
+    cube = get("red_cube")
+    mesh = TexturedMesh(cube.verts, cube.faces, vertex_colors=cube.colors)
+    drawn = []
+    monkeypatch.setattr(export_mesh, "load_mesh", lambda path: mesh)
+    monkeypatch.setattr(benchmark, "_render", lambda m, size, views: drawn.append(m.verts) or [None] * views)
+    row = _judged(benchmark, _fig("a red cube", "cube", "red", False)) | {"run": str(tmp_path), "yaw": 30.0}
+    labels, frames = benchmark.sheet_entry(row, size=16)
+    assert len(frames) == 1 + benchmark.SHEET_VIEWS
+    assert torch.allclose(drawn[-1], turn(mesh, 30.0).verts) and not torch.allclose(drawn[-1], mesh.verts)
+    benchmark.sheet_entry(row | {"yaw": None}, size=16)  # objects with a front: as it stands
+    assert torch.equal(drawn[-1], mesh.verts)
+
+
 def test_parse_args_and_job_environment(benchmark):
     a = benchmark.parse_args(["--subset", "--recipe", "dreamfusion", "--jobs", "3", "--name", "x"])
     assert a.subset and a.recipes == "dreamfusion" and a.jobs == 3 and a.name == "x" and a.seeds is None
@@ -189,7 +211,7 @@ def test_resume_reuses_a_finished_run(benchmark, tmp_path, monkeypatch):
 
     def eval_only(cmd, env):  # an eval.json from before the yaw alignment: evaluated again, not refitted
         calls.append(cmd[3])
-        (run / "eval.json").write_text(json.dumps(figures | {"iou": 0.7}))
+        (run / "eval.json").write_text(json.dumps(figures | {"iou": 0.7, "yaw": 35.0}))
 
     figures.pop("yaw")
     run.mkdir(parents=True, exist_ok=True)  # the refit above cleared the folder
@@ -199,7 +221,7 @@ def test_resume_reuses_a_finished_run(benchmark, tmp_path, monkeypatch):
                                                       "eval_s": 10.0, "total_s": 100.0}))
     monkeypatch.setattr(benchmark, "_run", eval_only)
     row = benchmark.run_one("magic3d", "a red cube", 0, None, tmp_path, fresh=False)
-    assert calls == ["eval"] and row["resumed"] and row["iou"] == 0.7
+    assert calls == ["eval"] and row["resumed"] and row["iou"] == 0.7 and row["yaw"] == 35.0
 
 
 def test_run_all_runs_jobs_at_once_and_keeps_the_order(benchmark, monkeypatch, capsys):

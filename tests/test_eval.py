@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +18,9 @@ from dream3d.eval import (
     CLASSIFIER_FIGURES,
     FIGURES,
     SHIPPED_CLASSIFIER,
+    EvalError,
     _view_figures,
+    align_yaw,
     chamfer_distance,
     evaluate_mesh,
     format_table,
@@ -26,6 +29,7 @@ from dream3d.eval import (
     shape_figures,
     surface_samples,
 )
+from dream3d.eval import turn as turn_mesh
 from dream3d.io import write_text
 from dream3d.representations.mesh import TexturedMesh
 from dream3d.shapeworld import get
@@ -38,10 +42,8 @@ CLASSIFIER = Path(os.environ.get("DREAM3D_EVAL_CLASSIFIER", PROJECT_ROOT / SHIPP
 def true_mesh(name: str, turn: float = 0.0, scale: float = 1.0, shift=(0.0, 0.0, 0.0)) -> TexturedMesh:
     """A catalogue object as a vertex-coloured mesh, turned by ``turn`` degrees about +Y, scaled, shifted."""
     obj = get(name)
-    c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
-    rot = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
-    verts = (obj.verts @ rot.T) * scale + torch.tensor(shift)
-    return TexturedMesh(verts, obj.faces, vertex_colors=obj.colors)
+    turned = turn_mesh(TexturedMesh(obj.verts, obj.faces, vertex_colors=obj.colors), turn)
+    return dataclasses.replace(turned, verts=turned.verts * scale + torch.tensor(shift))
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +247,7 @@ def test_shape_figures_are_fast():
 def test_objects_without_a_front_are_turned_to_meet_the_truth():
     """Which way a cube or a table faces is not in its prompt: a turned one is aligned before it is scored,
     and scores as well as the straight one; an object with a front is compared as it stands."""
-    for name, deg in (("red_cube", 37.0), ("table", 120.0)):
+    for name, deg in (("red_cube", 37.0), ("table", 120.0)):  # 37: 2 degrees off the search's 5-degree steps
         prompt = get(name).caption
         aligned = evaluate_mesh(true_mesh(name, deg), prompt, None, views=8)
         as_is = evaluate_mesh(true_mesh(name, deg), prompt, None, views=8, align=False)
@@ -257,5 +259,7 @@ def test_objects_without_a_front_are_turned_to_meet_the_truth():
         assert "turned about the vertical" in format_table(aligned)
     straight = evaluate_mesh(true_mesh("red_cube"), "a red cube", None, views=4)
     assert straight["yaw"] == 0.0 and straight["volume_iou"] >= 0.99  # aligned already: not turned
+    with pytest.raises(EvalError, match="yaw step=0"):
+        align_yaw(true_mesh("red_cube"), true_mesh("red_cube"), step=0)
     car = evaluate_mesh(true_mesh("car", 90.0), "a car", None, views=4)
     assert car["yaw"] is None and car["volume_iou"] < 0.5  # a car facing sideways stays wrong
