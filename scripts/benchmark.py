@@ -369,7 +369,7 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int 
                     row["run"] = _rel(run_dir)
         fit_s = time.perf_counter() - start
         evaluation = _read_json(RunFolder(run_dir).eval_path)
-        if previous is None or evaluation is None or any(k not in evaluation for k in (*FIGURES, "yaw")):
+        if previous is None or evaluation is None or any(k not in evaluation for k in EVAL_KEYS):
             t = time.perf_counter()
             _run([sys.executable, "-m", "dream3d.cli", "eval", str(run_dir)], env)
             eval_s = time.perf_counter() - t

@@ -191,7 +191,8 @@ def test_resume_reuses_a_finished_run(benchmark, tmp_path, monkeypatch):
     """A run folder with eval.json and the benchmark's own record (same settings) is not fitted again."""
     run = tmp_path / "runs" / "magic3d" / "a-red-cube-s0"
     run.mkdir(parents=True)
-    figures = {k: 0.5 for k in benchmark.FIGURES} | {"janus": None, "front_ok": None, "top_caption": "a red cube", "yaw": 0.0}
+    figures = {k: 0.5 for k in benchmark.FIGURES} | {"janus": None, "front_ok": None, "front_accuracy": None,
+                                                     "front_azimuth": None, "top_caption": "a red cube", "yaw": 0.0}
     (run / "eval.json").write_text(json.dumps(figures))
     (run / "summary.json").write_text(json.dumps({"stages": {"coarse": {"wall_s": 10.0}}, "peak_rss_mb": 900}))
     (run / benchmark.RUN_FILE).write_text(json.dumps({"settings": benchmark._settings(None), "fit_s": 90.0,
