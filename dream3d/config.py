@@ -607,6 +607,7 @@ def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -
     if d.resolution < 4 or d.radius <= 0 or not 0 < d.deformation_bound <= 1:
         raise ConfigError(f"{p}.dmtet: expected resolution >= 4, radius > 0 and 0 < deformation_bound <= 1, got "
                           f"{d.resolution}, {d.radius}, {d.deformation_bound}")
+    _choice(f"{p}.dmtet.init_level", d.init_level, ["half-peak", "matched"])
     _choice(f"{p}.mesh.material", m.material, ["albedo", "pbr"])
     _choice(f"{p}.mesh.light", m.light, ["studio", "uniform"])
     if len(m.init_size) != 3 or min(m.init_size) <= 0 or max(m.init_size) >= d.radius:

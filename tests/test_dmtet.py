@@ -309,6 +309,22 @@ def test_init_from_density_reproduces_the_silhouette(cache_dir):
     assert abs(float(dmtet.sdf.detach().abs().max()) - dmtet.cfg.truncation * dmtet.cell_size) < 0.5 * dmtet.cell_size
 
 
+def test_init_level_matched_keeps_a_faint_body_that_half_the_peak_drops(cache_dir):
+    def snowman(x):  # a dense hat over a faint body that still renders opaque (optical depth about 3)
+        hat = 30.0 * ((x - torch.tensor([0.0, 0.3, 0.0])).norm(dim=-1) < 0.12).float()
+        body = 5.0 * ((x - torch.tensor([0.0, -0.15, 0.0])).norm(dim=-1) < 0.25).float()
+        return torch.maximum(hat, body)
+
+    dmtet = _dmtet(cache_dir, 32)
+    dmtet.init_from_density(snowman, fit_steps=0)
+    assert float(dmtet.mesh()[0][:, 1].min()) > 0.1  # half-peak (the default): the hat alone
+    dmtet.cfg.init_level = "matched"
+    dmtet.init_from_density(snowman, fit_steps=0)
+    verts, faces = dmtet.mesh()
+    assert float(verts[:, 1].min()) < -0.3  # the body too
+    _check_closed_outward(verts, faces)
+
+
 def test_init_from_mesh_reproduces_shape_world_objects(cache_dir):
     cams = turntable(8, elevation=20.0, distance=1.6, fovy=45.0, size=64)
     dmtet = _dmtet(cache_dir, 48)

@@ -19,6 +19,7 @@ from dream3d.export.mesh import (
     export_mesh,
     extract_mesh,
     load_mesh,
+    matched_threshold,
     signed_volume,
     unwrap_uv,
     uv_clip,
@@ -113,6 +114,36 @@ def test_auto_threshold_rule():
     assert auto_threshold(1000.0, 1.0) == pytest.approx(math.log(2) / step)  # alpha 0.5 over one render step
     assert auto_threshold(10.0, 1.0) == pytest.approx(5.0)  # weak field (untrained blob): half the peak
     assert auto_threshold(0.0, 1.0) == pytest.approx(-math.log(0.99) / step)  # never below empty space
+
+
+def soft_snowman(x: torch.Tensor) -> torch.Tensor:
+    """A dense dark hat (peak 30) on a faint body (density 5, 0.6 across: optical depth about 3, so it renders
+    opaque, though far below half the peak): what a coarse NeRF makes of a white body on a white background."""
+    hat = 30.0 * ((x - torch.tensor([0.0, 0.5, 0.0])).norm(dim=-1) < 0.15).float()
+    body = 5.0 * ((x - torch.tensor([0.0, -0.2, 0.0])).norm(dim=-1) < 0.3).float()
+    return torch.maximum(hat, body)
+
+
+def _grid(fn, res: int = 48) -> torch.Tensor:
+    lin = torch.linspace(-1, 1, res)
+    return fn(torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)).view(res, res, res)
+
+
+def test_matched_threshold_keeps_the_faint_parts_a_soft_field_renders():
+    level = matched_threshold(_grid(soft_snowman), 1.0)
+    assert level < 5.0 < auto_threshold(30.0, 1.0)  # the body is inside the matched level set, not the half-peak one
+    verts, _ = extract_mesh(soft_snowman, 1.0, resolution=48, threshold=level, keep_largest=False)
+    assert float(verts[:, 1].min()) < -0.4  # the body, down to its base
+    verts, _ = extract_mesh(soft_snowman, 1.0, resolution=48, keep_largest=False)
+    assert float(verts[:, 1].min()) > 0.3  # the default (half the peak): the hat alone
+
+
+def test_matched_threshold_keeps_the_usual_level_for_hard_fields_and_falls_back_when_nothing_renders():
+    hard = _grid(lambda x: (x.norm(dim=-1) < 0.5).float() * 1000.0)
+    level = matched_threshold(hard, 1.0)  # every level between empty space and the peak matches: the usual one
+    assert abs(math.log(level / auto_threshold(1000.0, 1.0))) < 0.1
+    faint = torch.full((16, 16, 16), 0.2)  # optical depth 0.4 < ln 2 along every line: nothing renders opaque
+    assert matched_threshold(faint, 1.0) == pytest.approx(auto_threshold(0.2, 1.0))
 
 
 def test_render_samples_matches_the_renderer_default():

@@ -61,6 +61,7 @@ class DMTetConfig:
     radius: float = 1.0  # the grid spans [-radius, radius]^3 (the NeRF's scene box)
     deformation_bound: float = 0.5  # largest vertex offset per axis, in cells (tanh-scaled); < 1/6: no inversion
     truncation: float = 2.0  # |sdf| of vertices away from the surface after init_from_mesh/density, in cells
+    init_level: str = "half-peak"  # init_from_density's level: half-peak (auto_threshold) | matched (its renders)
     encoding: HashGridConfig = field(default_factory=HashGridConfig)  # albedo field
     backend: str = "auto"  # hash grid: auto | torch | tcnn
     hidden: int = 64  # albedo MLP width
@@ -163,13 +164,20 @@ class DMTet(nn.Module):
     ) -> "DMTet":
         """Surface = the level set ``density == threshold`` of ``density_fn`` (world points [N,3] -> [N]).
 
-        ``threshold`` None picks :func:`dream3d.export.mesh.auto_threshold` of the peak density (what the mesh
-        export uses). Then ``fit_steps`` steps of Adam fit the sdf to the density's inside/outside labels of
+        ``threshold`` None picks the level by ``cfg.init_level``: ``half-peak``,
+        :func:`dream3d.export.mesh.auto_threshold` of the peak density (what the mesh export uses), or
+        ``matched``, :func:`dream3d.export.mesh.matched_threshold` (the level whose silhouettes match the field's
+        renders: a soft coarse NeRF's faint parts, such as a snowman's white body, are kept). Then ``fit_steps`` steps of Adam fit the sdf to the density's inside/outside labels of
         ``fit_points`` points sampled around the surface (see the module docstring; 0 skips it). The density
         is evaluated at the grid vertices and, when fitting, once at the sample points. Returns self.
         """
         density = _evaluate(density_fn, self.grid_verts)
-        if threshold is None:
+        if threshold is None and self.cfg.init_level == "matched":
+            from dream3d.export.mesh import matched_threshold
+
+            n = self.resolution + 1
+            threshold = matched_threshold(density.float().cpu().view(n, n, n), self.radius)
+        elif threshold is None:
             from dream3d.export.mesh import auto_threshold
 
             threshold = auto_threshold(float(density.max()), self.radius)
