@@ -12,6 +12,7 @@ import trimesh
 
 from dream3d.export.mesh import (
     RENDER_SAMPLES,
+    _density_grid,
     auto_threshold,
     bake_mesh,
     bake_texture,
@@ -124,13 +125,8 @@ def soft_snowman(x: torch.Tensor) -> torch.Tensor:
     return torch.maximum(hat, body)
 
 
-def _grid(fn, res: int = 48) -> torch.Tensor:
-    lin = torch.linspace(-1, 1, res)
-    return fn(torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)).view(res, res, res)
-
-
 def test_matched_threshold_keeps_the_faint_parts_a_soft_field_renders():
-    level = matched_threshold(_grid(soft_snowman), 1.0)
+    level = matched_threshold(_density_grid(soft_snowman, 1.0, 48, 65536), 1.0)
     assert level < 5.0 < auto_threshold(30.0, 1.0)  # the body is inside the matched level set, not the half-peak one
     verts, _ = extract_mesh(soft_snowman, 1.0, resolution=48, threshold=level, keep_largest=False)
     assert float(verts[:, 1].min()) < -0.4  # the body, down to its base
@@ -139,7 +135,7 @@ def test_matched_threshold_keeps_the_faint_parts_a_soft_field_renders():
 
 
 def test_matched_threshold_keeps_the_usual_level_for_hard_fields_and_falls_back_when_nothing_renders():
-    hard = _grid(lambda x: (x.norm(dim=-1) < 0.5).float() * 1000.0)
+    hard = _density_grid(lambda x: (x.norm(dim=-1) < 0.5).float() * 1000.0, 1.0, 48, 65536)
     level = matched_threshold(hard, 1.0)  # every level between empty space and the peak matches: the usual one
     assert abs(math.log(level / auto_threshold(1000.0, 1.0))) < 0.1
     faint = torch.full((16, 16, 16), 0.2)  # optical depth 0.4 < ln 2 along every line: nothing renders opaque

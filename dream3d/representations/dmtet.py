@@ -167,22 +167,21 @@ class DMTet(nn.Module):
         ``threshold`` None picks the level by ``cfg.init_level``: ``half-peak``,
         :func:`dream3d.export.mesh.auto_threshold` of the peak density (what the mesh export uses), or
         ``matched``, :func:`dream3d.export.mesh.matched_threshold` (the level whose silhouettes match the field's
-        renders: a soft coarse NeRF's faint parts, such as a snowman's white body, are kept). Then ``fit_steps`` steps of Adam fit the sdf to the density's inside/outside labels of
-        ``fit_points`` points sampled around the surface (see the module docstring; 0 skips it). The density
-        is evaluated at the grid vertices and, when fitting, once at the sample points. Returns self.
+        renders: a soft coarse NeRF's faint parts, such as a snowman's white body, are kept). Then ``fit_steps``
+        steps of Adam fit the sdf to the density's inside/outside labels of ``fit_points`` points sampled around
+        the surface (see the module docstring; 0 skips it). The density is evaluated at the grid vertices and,
+        when fitting, once at the sample points. Returns self.
         """
         density = _evaluate(density_fn, self.grid_verts)
-        if threshold is None and self.cfg.init_level == "matched":
-            from dream3d.export.mesh import matched_threshold
-
-            n = self.resolution + 1
-            threshold = matched_threshold(density.float().cpu().view(n, n, n), self.radius)
-        elif threshold is None:
-            from dream3d.export.mesh import auto_threshold
-
-            threshold = auto_threshold(float(density.max()), self.radius)
-        raw = float(threshold) - density  # [V], negative inside
         n = self.resolution + 1
+        if threshold is None:
+            from dream3d.export.mesh import auto_threshold, matched_threshold
+
+            if self.cfg.init_level == "matched":
+                threshold = matched_threshold(density.float().cpu().view(n, n, n), self.radius)
+            else:
+                threshold = auto_threshold(float(density.max()), self.radius)
+        raw = float(threshold) - density  # [V], negative inside
         grad = _grid_gradient(raw.view(n, n, n), self.cell_size).reshape(-1)
         trunc = self.cfg.truncation * self.cell_size
         sdf = torch.where(grad > 1e-12, raw / grad.clamp_min(1e-12), torch.sign(raw) * trunc)
