@@ -31,6 +31,7 @@ class LossConfig:
     orient: Any = field(default_factory=lambda: [0, 10.0, 1000.0, 5000])
     sparsity: Any = 0.0  # mean sqrt(opacity^2 + 0.01): fewer occupied pixels
     opacity: Any = 0.0  # binary entropy of opacity: crisp silhouettes
+    distortion: Any = 0.0  # NeRF stages: Mip-NeRF 360's distortion, weight spread along rays (haze, fog)
     normal_consistency: Any = 0.0  # mesh stages: 1 - cos between the normals of adjacent faces
     laplacian: Any = 0.0  # mesh stages: squared distance of each vertex from its neighbours' mean (x resolution^2)
 

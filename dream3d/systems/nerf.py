@@ -111,6 +111,8 @@ class NeRFSystem(BaseSystem):
             terms["sparsity"] = sparsity_loss(out["opacity"])
         if self.wants("opacity"):
             terms["opacity"] = opacity_entropy_loss(out["opacity"])
+        if self.wants("distortion"):
+            terms["distortion"] = out["distortion"]
         return terms
 
     def step_figures(self, outs: list[dict[str, Tensor]]) -> dict[str, float]:
