@@ -21,6 +21,13 @@ skips the runs whose ``eval.json`` is there (fitted with the same ``--steps`` an
 whose eval.json predates a figure is evaluated again, not refitted) unless ``--fresh`` (``--quick`` is
 always fresh).
 
+**Refitting one stage.** ``--refit fine --from outputs/benchmark/<other>`` measures a lever of a later stage
+alone: each run of the other benchmark is copied without that stage and the stages after it (their
+checkpoints, stage folders, export and eval.json; ``summary.json`` loses their records), then ``dream3d fit
+resume=<copy>`` refits them with the ``--set`` levers from the stored checkpoints of the earlier stages, so both
+benchmarks share the same earlier stages byte for byte. Wall times then cover the refitted stages, export and
+eval only. The other benchmark's runs are only read.
+
 **Pass.** A run passes (:func:`pass_check`) when all of: R-precision >= 0.9, silhouette IoU >= 0.8, colour
 error <= 0.10 and, for objects with a front, Janus 0 with the front found within 45 degrees (``front_ok``).
 ``volume_iou`` and ``chamfer`` (3D occupancy IoU and surface distance against the true mesh after the same
@@ -62,6 +69,7 @@ sys.path.insert(0, str(ROOT))
 QUICK = {"recipes": ["dreamfusion"], "prompts": ["a red cube", "a snowman"], "seeds": 2, "steps": 300}
 EXPORT = ["mesh_resolution=96", "texture_size=512", "video_views=0"]  # the video is not measured here
 OVERRIDES: list[str] = []  # --set key=value for every fit (a quality experiment's one lever)
+REFIT: dict = {}  # --refit/--from: {"stage": name, "source": folder}
 FIGURES = ["r_precision", "object_accuracy", "colour_accuracy", "iou", "colour_error", "janus", "volume_iou",
            "chamfer"]
 EVAL_KEYS = FIGURES + ["front_accuracy", "front_azimuth", "front_ok", "top_caption", "yaw"]
@@ -104,6 +112,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="a dream3d fit key=value for every run (repeatable), e.g. "
                     "--set stages.coarse.renderer.background=solid: one lever of a quality experiment")
     ap.add_argument("--fresh", action="store_true", help="refit every run, even those with an eval.json")
+    ap.add_argument("--refit", default=None, metavar="STAGE",
+                    help="with --from: refit STAGE and the stages after it on copies of another benchmark's runs")
+    ap.add_argument("--from", dest="source", default=None, metavar="FOLDER",
+                    help="the benchmark folder whose runs --refit copies (outputs/benchmark/<name>)")
     ap.add_argument("--no-sheet", dest="sheet", action="store_false", help="skip sheet.png")
     ap.add_argument("--timing", action="store_true", help="also run scripts/bench.py's per-iteration split")
     return ap.parse_args(argv)
@@ -337,7 +349,41 @@ def _rel(path: Path) -> str:
 
 
 def _settings(steps) -> dict:
-    return {"steps": steps, "export": EXPORT, **({"set": OVERRIDES} if OVERRIDES else {})}
+    return {"steps": steps, "export": EXPORT, **({"set": OVERRIDES} if OVERRIDES else {}),
+            **({"refit": REFIT["stage"], "from": str(REFIT["source"])} if REFIT else {})}
+
+
+def copy_without(source: Path, dest: Path, stage: str) -> None:
+    """Copy the run folder ``source`` to ``dest`` as if it had been interrupted just before ``stage``: without the
+    checkpoints and stage folders of ``stage`` and the stages after it, the export, eval.json and the benchmark's
+    own file; summary.json keeps the records of the earlier stages only. Raises RunFailed when ``source`` is not
+    a finished run of a recipe with that stage."""
+    from dream3d.io import write_json
+    from dream3d.rundir import RunFolder
+
+    src = RunFolder(source)
+    summary = _read_json(src.summary_path)
+    if summary is None or not src.config_path.is_file():
+        raise RunFailed(f"--from: {source} is not a run folder with summary.json and config.yaml")
+    names = list(summary.get("stages", {}))
+    if stage not in names:
+        raise RunFailed(f"--refit: run {source} has no stage '{stage}' (its stages: {', '.join(names) or 'none'})")
+    later = names[names.index(stage):]
+    if dest.exists():
+        shutil.rmtree(dest)
+    dst = RunFolder(dest)
+    skip = {src.export_dir.resolve(), src.eval_path.resolve(), (source / RUN_FILE).resolve()}
+    skip |= {src.ckpt(n).parent.resolve() for n in later} | {src.stage_dir(n).resolve() for n in later}
+
+    def ignore(folder: str, entries: list[str]) -> set[str]:
+        return {e for e in entries if (Path(folder) / e).resolve() in skip}
+
+    shutil.copytree(source, dest, ignore=ignore)
+    summary["stages"] = {n: r for n, r in summary["stages"].items() if n not in later}
+    summary["status"] = "interrupted"
+    for key in ("export", "wall_s", "error"):
+        summary.pop(key, None)
+    write_json(dst.summary_path, summary)
 
 
 def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int = 1, fresh: bool = True) -> dict:
@@ -356,11 +402,17 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int 
     start = time.perf_counter()
     try:
         if previous is None:  # a fresh fit: the figures describe this commit
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            fit = [sys.executable, "-m", "dream3d.cli", "fit", f"prompt={prompt}", f"recipe={recipe}", f"seed={seed}",
-                   f"output_dir={out / 'runs'}", f"name={name}", f"threads={threads}", "--quiet", *EXPORT, *OVERRIDES]
-            if steps:
+            if REFIT:  # the earlier stages from the other benchmark's run, the refitted ones from here
+                copy_without(Path(REFIT["source"]) / "runs" / recipe / name, run_dir, REFIT["stage"])
+                fit = [sys.executable, "-m", "dream3d.cli", "fit", f"resume={run_dir}", f"threads={threads}", "--quiet",
+                       *EXPORT, *OVERRIDES]
+            else:
+                if run_dir.exists():
+                    shutil.rmtree(run_dir)
+                fit = [sys.executable, "-m", "dream3d.cli", "fit", f"prompt={prompt}", f"recipe={recipe}",
+                       f"seed={seed}", f"output_dir={out / 'runs'}", f"name={name}", f"threads={threads}", "--quiet",
+                       *EXPORT, *OVERRIDES]
+            if steps and not REFIT:
                 fit.append(f"steps={steps}")
             done = _run(fit, env)
             for line in done.stderr.splitlines():  # where fit says it put the run (robust to layout changes)
@@ -610,6 +662,15 @@ def main(argv: list[str] | None = None) -> int:
     default_recipe = RunConfig().recipe
     fresh = args.fresh
     OVERRIDES[:] = args.overrides
+    REFIT.clear()
+    if bool(args.refit) != bool(args.source):
+        raise SystemExit("benchmark: --refit STAGE and --from FOLDER go together")
+    if args.refit:
+        if not (Path(args.source) / "runs").is_dir():
+            raise SystemExit(f"benchmark: --from {args.source}: expected a benchmark folder with runs/ in it")
+        if args.steps:
+            raise SystemExit("benchmark: --steps cannot change a refit (the earlier stages are already fitted)")
+        REFIT.update(stage=args.refit, source=Path(args.source).resolve())
     if args.quick:
         recipes, prompts, seeds, steps, want_timing = (QUICK["recipes"], QUICK["prompts"], QUICK["seeds"],
                                                        QUICK["steps"], True)
@@ -654,7 +715,10 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"Machine: {platform.machine()}, {os.cpu_count()} cores; {jobs} jobs x {args.threads} torch thread(s); "
               f"torch {torch.__version__}; commit {commit or 'unknown'}{' (with local changes)' if dirty else ''}; "
               f"`scripts/benchmark.py {'--quick' if args.quick else ' '.join(sys.argv[1:] if argv is None else argv)}`; "
-              f"steps {steps or 'recipe default'}; {len(rows)} runs ({resumed} resumed) in {wall / 60:.1f} min "
+              f"steps {steps or 'recipe default'}; "
+              + (f"stage {REFIT['stage']} and later refitted on copies of {_rel(REFIT['source'])} (walls: those "
+                 f"stages, export, eval); " if REFIT else "")
+              + f"{len(rows)} runs ({resumed} resumed) in {wall / 60:.1f} min "
               f"(sum of run wall times {sum(r.get('total_s') or 0 for r in rows) / 60:.1f} min).")
     timing_data = timing_table = None
     if want_timing:

@@ -260,3 +260,53 @@ def test_set_overrides_reach_the_settings_so_a_changed_lever_refits(benchmark):
     finally:
         benchmark.OVERRIDES[:] = []
     assert benchmark._settings(None) == before
+
+
+def _finished_run(folder: Path) -> None:
+    """A run folder laid out as a finished two-stage fit leaves it (file contents are stand-ins)."""
+    from dream3d.rundir import RunFolder
+
+    run = RunFolder(folder)
+    for stage in ("coarse", "fine"):
+        run.ckpt(stage).parent.mkdir(parents=True, exist_ok=True)
+        run.ckpt(stage).write_bytes(stage.encode())
+        run.validation_dir(stage).mkdir(parents=True, exist_ok=True)
+        (run.validation_dir(stage) / "step000100.png").write_bytes(b"png")
+    run.export_dir.mkdir(parents=True)
+    run.mesh_path.write_bytes(b"glb")
+    run.eval_path.write_text("{}")
+    run.config_path.write_text("prompt: a red cube\n")
+    (folder / "benchmark_run.json").write_text("{}")
+    run.write_summary({"status": "done", "wall_s": 30.0, "export": {"faces": 10},
+                       "stages": {"coarse": {"status": "done", "wall_s": 20.0}, "fine": {"status": "done", "wall_s": 10.0}}})
+
+
+def test_refit_copies_a_run_without_the_refitted_stage(benchmark, tmp_path):
+    """--refit fine --from <other>: the copy keeps the coarse stage byte for byte and loses the fine stage, the
+    export and the figures, so `dream3d fit resume=` refits exactly the fine stage; the source is untouched."""
+    from dream3d.rundir import RunFolder
+
+    source, dest = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    _finished_run(source)
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    benchmark.copy_without(source, dest, "fine")
+    src, dst = RunFolder(source), RunFolder(dest)
+    assert dst.ckpt("coarse").read_bytes() == b"coarse" and (dst.validation_dir("coarse") / "step000100.png").is_file()
+    assert not dst.ckpt("fine").parent.exists() and not dst.stage_dir("fine").exists()
+    assert not dst.export_dir.exists() and not dst.eval_path.exists() and not (dest / "benchmark_run.json").exists()
+    summary = dst.read_summary()
+    assert list(summary["stages"]) == ["coarse"] and summary["status"] == "interrupted" and "export" not in summary
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before and src.read_summary()["status"] == "done"
+    benchmark.copy_without(source, dest, "coarse")  # a second copy replaces the first
+    assert not dst.ckpt("coarse").exists() and dst.read_summary()["stages"] == {}
+    with pytest.raises(benchmark.RunFailed, match="no stage 'refine'"):
+        benchmark.copy_without(source, dest, "refine")
+    with pytest.raises(benchmark.RunFailed, match="not a run folder"):
+        benchmark.copy_without(tmp_path / "nothing", dest, "fine")
+
+
+def test_refit_needs_its_source(benchmark, tmp_path):
+    with pytest.raises(SystemExit, match="go together"):
+        benchmark.main(["--prompts", str(tmp_path / "p.txt"), "--refit", "fine", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="expected a benchmark folder"):
+        benchmark.main(["--refit", "fine", "--from", str(tmp_path), "--out", str(tmp_path / "o")])

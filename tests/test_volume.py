@@ -11,7 +11,7 @@ from torch import nn
 from dream3d.cameras import turntable
 from dream3d.config import RendererConfig
 from dream3d.render.background import Background
-from dream3d.render.volume import OccupancyGrid, VolumeRenderer, ray_aabb
+from dream3d.render.volume import OccupancyGrid, VolumeRenderer, distortion, ray_aabb
 
 
 class Ball(nn.Module):
@@ -154,3 +154,37 @@ def test_rays_that_miss_the_box_render_background():
     assert float(out["samples"]) == 0
     assert torch.allclose(out["rgb"], torch.tensor([0.2, 0.4, 0.6]).expand(1, 4, 4, 3))
     assert torch.equal(out["opacity"], torch.zeros(1, 4, 4, 1))
+
+
+def test_distortion_equals_the_pairwise_sum():
+    """The O(S) running-sum form is Mip-NeRF 360's sum over all sample pairs plus the intervals' own spread."""
+    w = torch.rand(5, 16, generator=torch.Generator().manual_seed(0)) / 16
+    S = w.shape[1]
+    s = (torch.arange(S) + 0.5) / S
+    pairwise = (w[:, :, None] * w[:, None, :] * (s[:, None] - s[None, :]).abs()).sum((1, 2))
+    assert torch.allclose(distortion(w), pairwise + (w**2).sum(1) / (3 * S), atol=1e-7)
+
+
+class Fog(nn.Module):
+    """Analytic field: a constant, light density filling the whole box."""
+
+    def __init__(self, sigma):
+        super().__init__()
+        self.sigma = sigma
+
+    def density(self, x):
+        return torch.full(x.shape[:-1], self.sigma)
+
+    def forward(self, x, with_normals=False):
+        return {"density": self.density(x), "albedo": torch.full_like(x, 0.5)}
+
+
+def test_distortion_penalises_fog_over_a_body_of_the_same_opacity():
+    """A box of fog and a dense ball, both rendering opacity ~0.6 on the central ray: the fog spreads its weight
+    along the ray and scores an order of magnitude higher, so the loss removes haze, not bodies."""
+    cams = turntable(1, elevation=0.0, distance=3.0, fovy=2.0, size=4)  # rays through the centre only
+    cfg = RendererConfig(num_samples=64, occupancy_grid=False, early_stop=0.0)
+    fog, _ = render(Fog(sigma=0.46), cfg, cams)
+    ball, _ = render(Ball(radius=0.1, sigma=4.6), cfg, cams)
+    assert float(fog["opacity"].mean()) == pytest.approx(float(ball["opacity"].mean()), abs=0.05)
+    assert float(fog["distortion"]) > 10 * float(ball["distortion"])
