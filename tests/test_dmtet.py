@@ -325,24 +325,6 @@ def test_init_level_matched_keeps_a_faint_body_that_half_the_peak_drops(cache_di
     _check_closed_outward(verts, faces)
 
 
-def test_init_fills_a_cavity_between_a_dense_shell_and_its_core(cache_dir):
-    """A core inside a shell with fog between (a coarse NeRF's green sphere): the level set has a second surface
-    inside, invisible in every render. Filled, the DMTet starts as one solid ball; unfilled, it keeps both."""
-    def shell_and_core(x):
-        r = x.norm(dim=-1)
-        return 30.0 * ((r < 0.2) | ((r > 0.45) & (r < 0.55))).float()
-
-    dmtet = _dmtet(cache_dir, 32)
-    for steps in (0, 20):  # the grid labels alone, and with the sdf fitted to labelled points
-        dmtet.init_from_density(shell_and_core, fit_steps=steps)
-        verts, faces = dmtet.mesh()
-        assert float(verts.detach().norm(dim=-1).min()) > 0.4, steps  # the outer surface only
-        _check_closed_outward(verts, faces)
-    dmtet.cfg.fill_cavities = False
-    dmtet.init_from_density(shell_and_core, fit_steps=0)
-    assert float(dmtet.mesh()[0].detach().norm(dim=-1).min()) < 0.3  # the cavity's walls: the shell's inside and the core
-
-
 def test_init_from_mesh_reproduces_shape_world_objects(cache_dir):
     cams = turntable(8, elevation=20.0, distance=1.6, fovy=45.0, size=64)
     dmtet = _dmtet(cache_dir, 48)

@@ -110,20 +110,6 @@ def test_empty_field_raises_one_clear_line():
         extract_mesh(sphere, 1.0, resolution=16, threshold=60.0)
 
 
-def test_fill_cavities_fills_enclosed_space_and_keeps_open_hollows():
-    from dream3d.export.mesh import fill_cavities
-
-    lin = torch.linspace(-1, 1, 33)
-    x, y, z = torch.meshgrid(lin, lin, lin, indexing="ij")
-    r = (x**2 + y**2 + z**2).sqrt()
-    shell = (r > 0.5) & (r < 0.7)
-    assert bool(fill_cavities(shell)[16, 16, 16]) and bool(fill_cavities(shell)[r < 0.5].all())
-    cup = shell & (y < 0.3)  # opened at the top: its hollow reaches the border through empty space
-    assert torch.equal(fill_cavities(cup), cup)
-    ring = ((x**2 + y**2).sqrt() - 0.6) ** 2 + z**2 < 0.2**2  # a torus's hole is not enclosed either
-    assert torch.equal(fill_cavities(ring), ring)
-
-
 def test_auto_threshold_rule():
     step = 2.0 / RENDER_SAMPLES
     assert auto_threshold(1000.0, 1.0) == pytest.approx(math.log(2) / step)  # alpha 0.5 over one render step

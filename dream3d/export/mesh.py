@@ -91,18 +91,6 @@ def matched_threshold(grid: Tensor, radius: float, candidates: int = 96) -> floa
     return float(tied[(tied.log() - math.log(usual)).abs().argmin()])
 
 
-def fill_cavities(inside: Tensor) -> Tensor:
-    """inside [R,R,R] bool -> the same with every enclosed empty region filled: empty cells that no 6-connected
-    path of empty cells links to the grid's border become inside. A soft field can hold a dense core inside a
-    dense shell with thin fog between them; its level set is then a hollow object with a second surface inside,
-    invisible in every render, that halves a volume figure and doubles the faces. Open hollows (a mug's cup, a
-    torus's hole) touch the border through empty cells and are kept."""
-    from scipy import ndimage
-
-    filled = ndimage.binary_fill_holes(inside.cpu().numpy())
-    return torch.from_numpy(filled).to(inside.device)
-
-
 @torch.no_grad()
 def _density_grid(density_fn: DensityFn, radius: float, resolution: int, chunk: int) -> Tensor:
     """density_fn on the resolution^3 grid of points spanning [-radius, radius]^3 -> [R,R,R] float (x, y, z)."""

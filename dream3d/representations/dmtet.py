@@ -62,7 +62,6 @@ class DMTetConfig:
     deformation_bound: float = 0.5  # largest vertex offset per axis, in cells (tanh-scaled); < 1/6: no inversion
     truncation: float = 2.0  # |sdf| of vertices away from the surface after init_from_mesh/density, in cells
     init_level: str = "half-peak"  # init_from_density's level: half-peak (auto_threshold) | matched (its renders)
-    fill_cavities: bool = True  # init_from_density: enclosed empty regions of the level set start inside
     encoding: HashGridConfig = field(default_factory=HashGridConfig)  # albedo field
     backend: str = "auto"  # hash grid: auto | torch | tcnn
     hidden: int = 64  # albedo MLP width
@@ -183,25 +182,16 @@ class DMTet(nn.Module):
             else:
                 threshold = auto_threshold(float(density.max()), self.radius)
         raw = float(threshold) - density  # [V], negative inside
-        cavity = None
-        if self.cfg.fill_cavities:
-            from dream3d.export.mesh import fill_cavities
-
-            inside = (raw < 0).view(n, n, n)
-            cavity = (fill_cavities(inside) & ~inside).reshape(-1)
-            cavity = cavity if bool(cavity.any()) else None
         grad = _grid_gradient(raw.view(n, n, n), self.cell_size).reshape(-1)
         trunc = self.cfg.truncation * self.cell_size
         sdf = torch.where(grad > 1e-12, raw / grad.clamp_min(1e-12), torch.sign(raw) * trunc)
         sdf = sdf.clamp(-trunc, trunc)
         sdf = torch.where(raw < 0, sdf.clamp(max=-1e-6 * self.cell_size), sdf.clamp(min=0.0))  # keep the signs
-        if cavity is not None:  # filled: the cavity's wall is no surface, the outer surface stays
-            sdf = torch.where(cavity.to(sdf.device), torch.full_like(sdf, -trunc), sdf)
         self.sdf.copy_(sdf.to(self.sdf))
         self.deformation.zero_()
         if fit_steps > 0:
             with torch.enable_grad():
-                self._fit_to_density(density_fn, float(threshold), fit_steps, fit_points, batch, seed, cavity)
+                self._fit_to_density(density_fn, float(threshold), fit_steps, fit_points, batch, seed)
         return self
 
     def _band(self, inside: Tensor) -> Tensor:
@@ -220,9 +210,8 @@ class DMTet(nn.Module):
         self.deformation.zero_()
 
     def _fit_to_density(self, density_fn: DensityFn, threshold: float, steps: int, n_points: int, batch: int,
-                        seed: int, cavity: Optional[Tensor] = None) -> None:
-        """Fit the sdf to the density's inside/outside labels of points sampled around the current surface; points
-        whose nearest grid vertex is in ``cavity`` [V] bool (enclosed empty space, filled) count as inside."""
+                        seed: int) -> None:
+        """Fit the sdf to the density's inside/outside labels of points sampled around the current surface."""
         gen = torch.Generator(device="cpu").manual_seed(seed)
         h = self.cell_size
         with torch.no_grad():
@@ -232,12 +221,7 @@ class DMTet(nn.Module):
             near = near + h * torch.randn(near.shape, generator=gen).to(near)
             box = (torch.rand(n_points - n_near, 3, generator=gen) * 2 - 1).to(near) * self.radius
             points = torch.cat([near, box]).clamp(-self.radius, self.radius)
-            target = _evaluate(density_fn, points) > threshold  # inside
-            if cavity is not None:
-                n = self.resolution + 1
-                ijk = ((points / self.radius + 1.0) * 0.5 * self.resolution).round().long().clamp(0, self.resolution)
-                target = target | cavity.view(n, n, n)[ijk[:, 0], ijk[:, 1], ijk[:, 2]]
-            target = target.to(points)  # 1 inside
+            target = (_evaluate(density_fn, points) > threshold).to(points)  # 1 inside
         start = self.sdf.detach().clone()
         opt = torch.optim.Adam([self.sdf], lr=0.05 * h)
         tau = 0.1 * h
