@@ -608,6 +608,8 @@ def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -
         raise ConfigError(f"{p}.dmtet: expected resolution >= 4, radius > 0 and 0 < deformation_bound <= 1, got "
                           f"{d.resolution}, {d.radius}, {d.deformation_bound}")
     _choice(f"{p}.dmtet.init_level", d.init_level, ["half-peak", "matched"])
+    if not 0 < d.init_alpha < 1:
+        raise ConfigError(f"{p}.dmtet.init_alpha: expected an opacity between 0 and 1 (exclusive), got {d.init_alpha}")
     _choice(f"{p}.mesh.material", m.material, ["albedo", "pbr"])
     _choice(f"{p}.mesh.light", m.light, ["studio", "uniform"])
     if len(m.init_size) != 3 or min(m.init_size) <= 0 or max(m.init_size) >= d.radius:

@@ -54,13 +54,13 @@ def auto_threshold(max_density: float, radius: float) -> float:
     return max(floor, min(math.log(2.0) / step, 0.5 * max_density))
 
 
-def matched_threshold(grid: Tensor, radius: float, candidates: int = 96) -> float:
+def matched_threshold(grid: Tensor, radius: float, candidates: int = 96, alpha: float = 0.5) -> float:
     """The iso-level whose surface shows the silhouettes the field renders.
 
     ``grid`` [R,R,R] holds the density at the points of a regular grid over [-radius, radius]^3. Seen along
-    each axis, the field renders a pixel at least half opaque where its optical depth (the density summed along
-    the line, times the grid spacing) exceeds ln 2; a surface at level ``c`` covers a pixel where some density on
-    the line exceeds ``c``. Of ``candidates`` levels spaced evenly in log between the occupancy grid's empty-space
+    each axis, the field renders a pixel with opacity at least ``alpha`` (default one half) where its optical depth
+    (the density summed along the line, times the grid spacing) exceeds ln(1 / (1 - alpha)); a surface at level
+    ``c`` covers a pixel where some density on the line exceeds ``c``. Of ``candidates`` levels spaced evenly in log between the occupancy grid's empty-space
     density and the peak, the one whose three covered masks best match the three half-opaque masks (summed
     intersection over summed union) wins; among levels that match equally well (a hard field matches at many),
     the one nearest :func:`auto_threshold`'s. When nothing renders half opaque it falls back to
@@ -72,7 +72,9 @@ def matched_threshold(grid: Tensor, radius: float, candidates: int = 96) -> floa
     peak = float(grid.max())
     floor = auto_threshold(0.0, radius)
     spacing = 2.0 * radius / max(res - 1, 1)
-    targets = [grid.sum(axis) * spacing > math.log(2.0) for axis in range(3)]
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    targets = [grid.sum(axis) * spacing > -math.log(1.0 - alpha) for axis in range(3)]
     if peak <= floor or not any(bool(t.any()) for t in targets):
         return auto_threshold(peak, radius)
     maxima = [grid.amax(axis) for axis in range(3)]

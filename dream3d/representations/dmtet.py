@@ -62,6 +62,7 @@ class DMTetConfig:
     deformation_bound: float = 0.5  # largest vertex offset per axis, in cells (tanh-scaled); < 1/6: no inversion
     truncation: float = 2.0  # |sdf| of vertices away from the surface after init_from_mesh/density, in cells
     init_level: str = "half-peak"  # init_from_density's level: half-peak (auto_threshold) | matched (its renders)
+    init_alpha: float = 0.5  # matched: the rendered opacity whose silhouettes the level matches
     encoding: HashGridConfig = field(default_factory=HashGridConfig)  # albedo field
     backend: str = "auto"  # hash grid: auto | torch | tcnn
     hidden: int = 64  # albedo MLP width
@@ -178,7 +179,8 @@ class DMTet(nn.Module):
             from dream3d.export.mesh import auto_threshold, matched_threshold
 
             if self.cfg.init_level == "matched":
-                threshold = matched_threshold(density.float().cpu().view(n, n, n), self.radius)
+                threshold = matched_threshold(density.float().cpu().view(n, n, n), self.radius,
+                                              alpha=self.cfg.init_alpha)
             else:
                 threshold = auto_threshold(float(density.max()), self.radius)
         raw = float(threshold) - density  # [V], negative inside
