@@ -57,6 +57,14 @@ def test_bad_values_raise_one_line(latent_prior_dir, override, needle):
     assert "\n" not in message
 
 
+def test_bad_dmtet_start_settings_raise_one_line(latent_prior_dir):
+    for override, needle in [("stages.fine.dmtet.init_alpha=1.0", "stages.fine.dmtet.init_alpha: expected an opacity"),
+                             ("stages.fine.dmtet.init_level=peak", "stages.fine.dmtet.init_level: expected one of")]:
+        with pytest.raises(ConfigError) as info:
+            load_config(base(latent_prior_dir) + ["recipe=magic3d", override])
+        assert needle in str(info.value) and "\n" not in str(info.value)
+
+
 def test_unknown_key_suggests_close_match(latent_prior_dir):
     with pytest.raises(ConfigError, match="did you mean 'steps'"):
         load_config(base(latent_prior_dir) + ["stages.coarse.stepz=5"])

@@ -274,3 +274,18 @@ def test_failed_write_leaves_no_file(tmp_path, baked, fmt):
         export_mesh(broken, tmp_path, formats=[fmt])
     assert good.read_bytes() == before  # the earlier file survives
     assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+
+
+def test_matched_threshold_alpha_picks_the_opacity_a_part_must_render_at():
+    """A faint body (optical depth about 0.9 across, opacity about 0.6): kept by a level matched to the pixels that
+    render at least 30% opaque, dropped by one matched to 90%; the dense hat is kept by both."""
+    def faint(x):
+        hat = 30.0 * ((x - torch.tensor([0.0, 0.5, 0.0])).norm(dim=-1) < 0.15).float()
+        body = 1.5 * ((x - torch.tensor([0.0, -0.2, 0.0])).norm(dim=-1) < 0.3).float()
+        return torch.maximum(hat, body)
+
+    grid = _density_grid(faint, 1.0, 48, 65536)
+    low, high = matched_threshold(grid, 1.0, alpha=0.3), matched_threshold(grid, 1.0, alpha=0.9)
+    assert low < 1.5 < high < 30.0
+    with pytest.raises(ValueError, match="alpha"):
+        matched_threshold(grid, 1.0, alpha=1.0)
