@@ -404,15 +404,15 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int 
         if previous is None:  # a fresh fit: the figures describe this commit
             if REFIT:  # the earlier stages from the other benchmark's run, the refitted ones from here
                 copy_without(Path(REFIT["source"]) / "runs" / recipe / name, run_dir, REFIT["stage"])
-                fit = [sys.executable, "-m", "dream3d.cli", "fit", f"resume={run_dir}", f"threads={threads}", "--quiet",
-                       *EXPORT, *OVERRIDES]
+                which = [f"resume={run_dir}"]
             else:
                 if run_dir.exists():
                     shutil.rmtree(run_dir)
-                fit = [sys.executable, "-m", "dream3d.cli", "fit", f"prompt={prompt}", f"recipe={recipe}",
-                       f"seed={seed}", f"output_dir={out / 'runs'}", f"name={name}", f"threads={threads}", "--quiet",
-                       *EXPORT, *OVERRIDES]
-            if steps and not REFIT:
+                which = [f"prompt={prompt}", f"recipe={recipe}", f"seed={seed}", f"output_dir={out / 'runs'}",
+                         f"name={name}"]
+            fit = [sys.executable, "-m", "dream3d.cli", "fit", *which, f"threads={threads}", "--quiet", *EXPORT,
+                   *OVERRIDES]
+            if steps and not REFIT:  # main() refuses --steps with --refit; a refit keeps the stored budget
                 fit.append(f"steps={steps}")
             done = _run(fit, env)
             for line in done.stderr.splitlines():  # where fit says it put the run (robust to layout changes)

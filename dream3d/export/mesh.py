@@ -58,14 +58,15 @@ def matched_threshold(grid: Tensor, radius: float, candidates: int = 96, alpha: 
     """The iso-level whose surface shows the silhouettes the field renders.
 
     ``grid`` [R,R,R] holds the density at the points of a regular grid over [-radius, radius]^3. Seen along
-    each axis, the field renders a pixel with opacity at least ``alpha`` (default one half) where its optical depth
-    (the density summed along the line, times the grid spacing) exceeds ln(1 / (1 - alpha)); a surface at level
-    ``c`` covers a pixel where some density on the line exceeds ``c``. Of ``candidates`` levels spaced evenly in log between the occupancy grid's empty-space
-    density and the peak, the one whose three covered masks best match the three half-opaque masks (summed
-    intersection over summed union) wins; among levels that match equally well (a hard field matches at many),
-    the one nearest :func:`auto_threshold`'s. When nothing renders half opaque it falls back to
-    :func:`auto_threshold`. Soft fields, such as a coarse Magic3D NeRF whose dark parts are dense and whose light
-    parts are not (a snowman's hat against its white body), render opaque well outside their half-peak level set.
+    each axis, the field renders a pixel with opacity at least ``alpha`` (default one half) where its optical
+    depth (the density summed along the line, times the grid spacing) exceeds ln(1 / (1 - alpha)); a surface at
+    level ``c`` covers a pixel where some density on the line exceeds ``c``. Of ``candidates`` levels spaced
+    evenly in log between the occupancy grid's empty-space density and the peak, the one whose three covered
+    masks best match the three rendered masks (summed intersection over summed union) wins; among levels that
+    match equally well (a hard field matches at many), the one nearest :func:`auto_threshold`'s. When no pixel
+    renders at least ``alpha`` opaque it falls back to :func:`auto_threshold`. Soft fields, such as a coarse
+    Magic3D NeRF whose dark parts are dense and whose light parts are not (a snowman's hat against its white
+    body), render opaque well outside their half-peak level set.
     """
     grid = torch.nan_to_num(grid.float(), nan=0.0).clamp_min(0.0)
     res = grid.shape[0]
