@@ -139,6 +139,22 @@ def look_at_c2w(position: Tensor, target: Optional[Tensor] = None) -> Tensor:
     return c2w
 
 
+CAMERA_CONDITION_DIM = 16
+
+
+def camera_condition(c2w: Tensor) -> Tensor:
+    """What a camera-conditioned prior is told about a camera: c2w [B,4,4] -> [B,16], the flattened
+    camera-to-world matrix (dream3d's world: Y up, front +Z) with its translation scaled to unit length.
+
+    The scale is dropped because a render's object fills the frame by framing, not by distance (the shape
+    world's images depend on the camera's direction, fovy and fill only). :class:`dream3d.prior.camera.CameraTokens`
+    reads it.
+    """
+    c2w = c2w.float().clone()
+    c2w[:, :3, 3] = c2w[:, :3, 3] / c2w[:, :3, 3].norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    return c2w.reshape(-1, CAMERA_CONDITION_DIM)
+
+
 def spherical_to_position(elevation: Tensor, azimuth: Tensor, distance: Tensor) -> Tensor:
     """[B] degrees, degrees, units -> [B,3] positions (Y up, azimuth 0 on +Z)."""
     el, az = torch.deg2rad(elevation), torch.deg2rad(azimuth)

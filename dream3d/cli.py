@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  dream3d prior world --list\n  dream3d prior world export name=snowman out=snowman.glb\n"
         '  dream3d prior sample prompt="a red cube" [n=4] [steps=20] [guidance=7.5] [sampler=dpm-solver++|ddim|ddpm]\n'
         "      [seed=0] [prior=assets/priors/shapeworld] [out=samples.png]\n"
+        "      [azimuth=0 elevation=15: the camera, for a camera-conditioned prior such as assets/priors/shapeworld-camera]\n"
         "train the shipped prior with: python scripts/train_shapeworld_prior.py --preset full",
     )
     prior.add_argument("action", choices=["world", "sample"], help="world: list or export objects; sample: image grid")
@@ -210,7 +211,7 @@ def cmd_prior_sample(kv: dict[str, str]) -> int:
     from dream3d.config import DEFAULT_PRIOR, ConfigError, resolve_prior_path, typed_values
 
     defaults = {"prompt": "", "n": 4, "steps": 20, "guidance": 7.5, "sampler": "dpm-solver++", "seed": 0,
-                "prior": DEFAULT_PRIOR, "out": "samples.png", "negative_prompt": ""}
+                "prior": DEFAULT_PRIOR, "out": "samples.png", "negative_prompt": "", "azimuth": None, "elevation": None}
     try:
         values = typed_values(kv, defaults, "prior sample")
     except ConfigError as exc:
@@ -234,9 +235,21 @@ def cmd_prior_sample(kv: dict[str, str]) -> int:
         prior = load_prior(prior_path)
     except PriorError as exc:
         return _error(str(exc), 1)
+    c2w = None
+    if values["azimuth"] is not None or values["elevation"] is not None:
+        if not prior.takes_camera:
+            return _error(f"azimuth/elevation: the prior {prior_path} takes no camera (a camera-conditioned prior "
+                          "does, e.g. prior=assets/priors/shapeworld-camera)")
+        import torch
+
+        from dream3d.cameras import make_cameras
+
+        angle = lambda key, default: torch.tensor([values[key] if values[key] is not None else default])  # noqa: E731
+        c2w = make_cameras(angle("elevation", 15.0), angle("azimuth", 0.0), torch.ones(1), torch.tensor([55.0]),
+                           prior.image_size, prior.image_size).c2w[0]
     start = time.perf_counter()
     images = sample(prior, values["prompt"], values["n"], values["steps"], values["guidance"], values["sampler"],
-                    values["seed"], values["negative_prompt"])
+                    values["seed"], values["negative_prompt"], c2w=c2w)
     elapsed = time.perf_counter() - start
     path = save_grid(images, values["out"])
     print(f"wrote {path}: {values['n']} samples of '{values['prompt']}' in {elapsed:.2f} s"

@@ -468,7 +468,8 @@ def load_config(args: list[str] | dict[str, str], base: Optional[Any] = None) ->
         tree = read_yaml(path, "a recipe")
         source = f"recipe {path.name}"
         tree.pop("recipe", None)
-        defaults = prior_stage_settings(overrides.get("prior", RunConfig.prior))
+        prior = overrides.get("prior", tree.get("prior", RunConfig.prior))  # a recipe may name its prior
+        defaults = prior_stage_settings(prior if isinstance(prior, str) else RunConfig.prior)
         if defaults and isinstance(tree.get("stages"), dict):
             tree["stages"] = {name: _under(defaults, stage if isinstance(stage, dict) else {})
                               for name, stage in tree["stages"].items()}

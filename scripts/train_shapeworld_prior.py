@@ -5,6 +5,7 @@
     .venv/bin/python scripts/train_shapeworld_prior.py --resume              # continue an interrupted run
     .venv/bin/python scripts/train_shapeworld_prior.py --preset smoke --out /tmp/sw   # about a minute
     .venv/bin/python scripts/train_shapeworld_prior.py --probe               # time one step of each stage
+    .venv/bin/python scripts/train_shapeworld_prior.py --preset camera      # camera-conditioned prior, ~45 min
 
 Stages: render data (cached in --cache) -> tokenizer -> VAE -> text encoder + UNet -> classifier -> save in
 the Stable Diffusion layout. See :mod:`dream3d.shapeworld.train`.
@@ -27,12 +28,15 @@ from dream3d.shapeworld.train import probe, train  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", choices=("full", "smoke"), default="full")
+    ap.add_argument("--preset", choices=("full", "camera", "smoke"), default="full",
+                    help="camera: fine-tune --base's UNet with a camera input (default base: the shipped prior)")
+    ap.add_argument("--base", default=None, help="camera preset: the prior folder to start from")
     ap.add_argument("--out", default=None, help="pipeline folder (default: assets/priors/shapeworld)")
     ap.add_argument("--cache", default=None, help="rendered-data cache folder (default: .cache/shapeworld)")
     ap.add_argument("--steps-vae", type=int, default=None)
     ap.add_argument("--steps-unet", type=int, default=None)
     ap.add_argument("--steps-classifier", type=int, default=None)
+    ap.add_argument("--steps-camera", type=int, default=None, help="camera preset: UNet fine-tuning steps")
     ap.add_argument("--batch", type=int, default=None, help="batch of the VAE and UNet stages")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -46,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.preset != "full" and args.out is None:  # a smoke model must never become the shipped default prior
+    if args.preset == "smoke" and args.out is None:  # a smoke model must never become the shipped default prior
         print(f"train_shapeworld_prior: --preset {args.preset} needs --out (the default folder is the shipped prior)",
               file=sys.stderr)
         return 2
@@ -61,8 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg.unet.steps = args.steps_unet
     if args.steps_classifier is not None:
         cfg.classifier.steps = args.steps_classifier
+    if args.steps_camera is not None:
+        cfg.camera.steps = args.steps_camera
+    if args.base is not None:
+        cfg.camera.base = args.base
     if args.batch is not None:
-        cfg.vae.batch = cfg.unet.batch = args.batch
+        cfg.vae.batch = cfg.unet.batch = cfg.camera.batch = args.batch
     start = time.perf_counter()
 
     def log(message: str) -> None:

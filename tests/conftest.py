@@ -19,6 +19,13 @@ def latent_prior_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def camera_prior_dir(tmp_path_factory):
+    from tiny_prior import build_tiny_prior
+
+    return build_tiny_prior(tmp_path_factory.mktemp("prior") / "camera", latent=True, camera=True)
+
+
+@pytest.fixture(scope="session")
 def pixel_prior_dir(tmp_path_factory):
     from tiny_prior import build_tiny_prior
 

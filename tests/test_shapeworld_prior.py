@@ -273,3 +273,104 @@ def test_evaluate_prior_scores_every_caption_and_fills_the_model_card(smoke_run,
 
     with pytest.raises(ValueError, match="not catalogue captions"):
         evaluate_prior(prior, clf, n=1, steps=1, captions=["a plaid cube"], log=lambda _: None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The camera preset: the smoke prior's UNet fine-tuned with a camera input
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _camera_config(out, base):
+    cfg = _smoke_config(out, base.cache)
+    cfg.camera.base, cfg.camera.steps, cfg.camera.batch = str(base.out), SMOKE_STEPS, 8
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def camera_run(smoke_run, tmp_path_factory):
+    from dream3d.shapeworld.train import train
+
+    cfg = _camera_config(tmp_path_factory.mktemp("camera") / "prior", smoke_run[0])
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    return cfg, summary, lines
+
+
+def test_camera_preset_trains_the_unet_and_keeps_every_other_component(camera_run, smoke_run):
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    from dream3d.prior import load_prior
+
+    cfg, summary, lines = camera_run
+    base, out = smoke_run[0].train_dir.parent, cfg.train_dir.parent
+    for sub in ("vae", "text_encoder", "tokenizer", "scheduler", "classifier"):
+        for f in (base / sub).iterdir():
+            assert (out / sub / f.name).read_bytes() == f.read_bytes(), f"{sub}/{f.name}"
+    trained = load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    before = load_file(str(base / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert trained.keys() == before.keys()  # the same UNet architecture: plain diffusers loads it
+    assert any(not torch.equal(trained[k], before[k]) for k in before)  # ... fine-tuned
+    tokens = load_file(str(out / "camera_encoder" / "model.safetensors"))
+    assert tokens["mlp.4.weight"].abs().sum() > 0  # the camera tokens left zero
+    assert _csv_steps(cfg.train_dir / "unet_camera.csv") == list(range(1, SMOKE_STEPS + 1))
+    assert summary["weights_mb"] < 40 and summary["parameters"]["camera_tokens"] > 0
+    assert load_prior(str(out)).takes_camera and not load_prior(str(base)).takes_camera
+    pipe = StableDiffusionPipeline.from_pretrained(str(out))  # plain diffusers: a text-to-image pipeline
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("a red cube", num_inference_steps=2, output_type="np").images.shape == (1, 64, 64, 3)
+
+
+def test_camera_preset_resumes_where_it_stopped(camera_run, smoke_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from dream3d.shapeworld.train import train
+
+    reference = camera_run[0]
+    cfg = _camera_config(tmp_path / "prior", smoke_run[0])
+    half = SMOKE_STEPS // 2
+
+    def crash(line: str) -> None:
+        if line.startswith(f"unet_camera: step {half}/"):
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(cfg, log=crash)
+    lines: list[str] = []
+    train(cfg, resume=True, log=lines.append)
+    assert any(line.startswith(f"unet_camera: resumed at step {half}/{SMOKE_STEPS}") for line in lines)
+    for name in ("unet/diffusion_pytorch_model.safetensors", "camera_encoder/model.safetensors"):
+        a, b = load_file(str(reference.train_dir.parent / name)), load_file(str(cfg.train_dir.parent / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_camera_preset_refuses_its_base_as_out(smoke_run):
+    from dream3d.shapeworld.train import train
+
+    base = smoke_run[0]
+    cfg = _camera_config(base.out, base)
+    with pytest.raises(ValueError, match="must differ from its base"):
+        train(cfg, log=lambda _: None)
+
+
+def test_evaluate_a_camera_prior_asks_views_by_camera(camera_run):
+    from dream3d.prior import load_prior
+    from dream3d.shapeworld.classifier import load_classifier
+    from dream3d.shapeworld.evaluate import evaluate_prior, markdown_tables, view_cameras
+
+    cfg = camera_run[0]
+    prior, clf = load_prior(cfg.out), load_classifier(cfg.train_dir.parent / "classifier")
+    result = evaluate_prior(prior, clf, n=1, steps=2, captions=["a snowman"], views=2, log=lambda _: None)
+    cam = result["camera_views"]
+    assert cam["objects"] == ["a snowman"] and sum(map(sum, cam["confusion"])) == 8
+    assert "camera in \\ seen" in markdown_tables(result)
+    from dream3d.cameras import make_cameras  # noqa: F401
+
+    gen = torch.Generator().manual_seed(0)
+    for view in ("front", "side", "back", "overhead"):  # every asked camera lies in its view's region
+        c2w = view_cameras(view, 16, gen)
+        position = c2w[:, :3, 3]
+        elevation = torch.rad2deg(torch.asin(position[:, 1] / position.norm(dim=-1)))
+        azimuth = torch.rad2deg(torch.atan2(position[:, 0], position[:, 2]))
+        labels = make_cameras(elevation, azimuth, torch.ones(16), torch.full((16,), 55.0), 8, 8).view_labels()
+        assert set(labels) == {view}

@@ -36,12 +36,15 @@ def build_tiny_prior(
     width: int = 32,
     prediction_type: str = "epsilon",
     seed: int = 0,
+    camera: bool = False,
 ) -> Path:
     """Build and save a tiny random prior.
 
     latent=True: Stable Diffusion layout with an f=4 AutoencoderKL (images ``resolution`` px, latents
     ``resolution/4``). latent=False: a pixel-space prior (3-channel UNet at ``resolution`` px, no vae).
-    ``width`` is the UNet's first block width (parameters grow with its square).
+    ``width`` is the UNet's first block width (parameters grow with its square). ``camera``: a camera-conditioned
+    prior like the shape world's (a ``camera_encoder/``: :class:`dream3d.prior.camera.CameraTokens`, its last
+    layer randomly initialised so that the camera changes the predictions).
     """
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -101,6 +104,12 @@ def build_tiny_prior(
 
     index["_diffusers_version"] = diffusers_version
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    if camera:
+        from dream3d.prior.camera import CAMERA_FOLDER, CameraTokens
+
+        tokens = CameraTokens(hidden, tokens=4, hidden=32)
+        torch.nn.init.normal_(tokens.mlp[-1].weight, std=0.5)
+        tokens.save(folder / CAMERA_FOLDER)
     return folder
 
 

@@ -56,9 +56,14 @@ def predicted_noise(prior, z_t: Tensor, t: Tensor, eps_or_v: Tensor) -> Tensor:
     raise ValueError(f"scheduler prediction_type '{kind}' is not supported (expected epsilon, v_prediction or sample)")
 
 
-def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
-    """Classifier-free guided noise prediction ε̂ = ε(∅) + s (ε(y) - ε(∅)); one batched UNet call."""
+def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
+              c2w: Optional[Tensor] = None) -> Tensor:
+    """Classifier-free guided noise prediction ε̂ = ε(∅, c) + s (ε(y, c) - ε(∅, c)); one batched UNet call.
+
+    A camera-conditioned prior (``prior.takes_camera``) is told the renders' cameras c2w [B,4,4] in both terms,
+    as MVDream does (the guidance is over the text only); a text-only prior ignores them."""
     B = z_t.shape[0]
+    cond, uncond = prior.condition(cond, c2w), prior.condition(uncond, c2w)
     with torch.no_grad():
         out = prior.unet(
             torch.cat([z_t, z_t]).to(prior.dtype), torch.cat([t, t]), encoder_hidden_states=torch.cat([cond, uncond]),
@@ -175,13 +180,15 @@ class SDSGuidance:
         latents: Optional[Tensor] = None,
     ) -> dict[str, Tensor]:
         """rgb [B,H,W,3] in [0,1] (or ``latents``, see :func:`to_model_space`); cond/uncond [B,L,D]. ``t`` [B]
-        and ``noise`` fix the random draws (tests)."""
+        and ``noise`` fix the random draws (tests). ``cameras`` (the renders' B cameras) reach a
+        camera-conditioned prior; a text-only prior ignores them."""
         prior = self.prior
         in_image = self.cfg.space == "image" and latents is None and prior.is_latent
         with torch.no_grad() if in_image else contextlib.nullcontext():
             z = to_model_space(prior, rgb, generator, latents)
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
-        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale)
+        c2w = cameras.c2w.to(z.device) if cameras is not None else None
+        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale, c2w)
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
         w = weighting(self.cfg.weighting, abar)
         if in_image:

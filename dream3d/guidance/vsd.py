@@ -176,9 +176,9 @@ class VSDGuidance(nn.Module):
         B = z.shape[0]
         c2w = cameras.c2w.to(z.device)
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
-        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, cfg.guidance_scale)
-        with torch.no_grad():
-            eps_psi = self.estimate(z_t, t, cond, CameraEmbedding.labels(c2w))
+        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, cfg.guidance_scale, c2w)
+        with torch.no_grad():  # over a camera-conditioned prior the LoRA model is told the camera the same way too
+            eps_psi = self.estimate(z_t, t, prior.condition(cond, c2w), CameraEmbedding.labels(c2w))
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
         loss, grad = distillation_loss(z, weighting(cfg.weighting, abar) * (eps_hat - eps_psi), cfg.grad_clip, step)
 
@@ -186,7 +186,7 @@ class VSDGuidance(nn.Module):
         T = prior.num_train_timesteps
         t2, noise2, z_t2 = draw_noisy(prior, z.detach(), 0, T - 1, generator)
         keep = (torch.rand(B, generator=generator) >= cfg.camera_dropout).to(z.device)
-        pred = self.frozen["unet"](z_t2.to(prior.dtype), t2, encoder_hidden_states=cond,
+        pred = self.frozen["unet"](z_t2.to(prior.dtype), t2, encoder_hidden_states=prior.condition(cond, c2w, keep),
                                    class_labels=CameraEmbedding.labels(c2w, keep)).sample.float()
         lora = F.mse_loss(pred, self._target(z.detach(), noise2, t2))
         return {"vsd": loss, "lora": lora, "grad_norm": grad.norm().detach(), "t": t.float().mean().detach()}

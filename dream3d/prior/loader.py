@@ -1,7 +1,8 @@
 """Load a frozen text-to-image diffusion prior from a diffusers pipeline folder or a hub id.
 
 The same code serves the shipped shape-world prior and Stable Diffusion: every component is read with
-``from_pretrained(path, subfolder=...)``. Latent priors have a ``vae/``; pixel-space priors do not.
+``from_pretrained(path, subfolder=...)``. Latent priors have a ``vae/``; pixel-space priors do not; a
+camera-conditioned prior also has a ``camera_encoder/`` (:mod:`dream3d.prior.camera`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from dream3d.errors import Dream3DError
+from dream3d.prior.camera import CAMERA_FOLDER, CameraTokens
 
 
 class PriorError(Dream3DError, RuntimeError):
@@ -35,6 +37,7 @@ class Prior:
     path: str
     device: torch.device
     dtype: torch.dtype
+    camera_encoder: Optional[Any] = None  # dream3d.prior.camera.CameraTokens of a camera-conditioned prior
 
     @property
     def is_latent(self) -> bool:
@@ -50,6 +53,18 @@ class Prior:
     def image_size(self) -> int:
         """Pixel resolution the prior was trained at (renders are resized to it)."""
         return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def takes_camera(self) -> bool:
+        """Whether the prior is camera-conditioned: its folder has a ``camera_encoder/`` (:mod:`dream3d.prior.camera`)."""
+        return self.camera_encoder is not None
+
+    def condition(self, text: Tensor, c2w: Optional[Tensor] = None, keep: Optional[Tensor] = None) -> Tensor:
+        """Text embeddings [B,L,D] told the cameras c2w [B,4,4] (``keep`` [B]: which of them) when the prior takes a
+        camera; unchanged otherwise, and without cameras."""
+        if self.camera_encoder is None or c2w is None:
+            return text
+        return self.camera_encoder(text, c2w.to(self.device), None if keep is None else keep.to(self.device))
 
     @property
     def num_train_timesteps(self) -> int:
@@ -148,9 +163,15 @@ def load_prior(path: str, device: str | torch.device = "cpu", dtype: str | torch
     unet = load(UNet2DConditionModel, "unet", torch_dtype=torch_dtype)
     scheduler = load(DDPMScheduler, "scheduler")
     vae = load(AutoencoderKL, "vae", torch_dtype=torch_dtype) if _has_component(path, "vae") else None
+    camera = None
+    if local.is_dir() and (local / CAMERA_FOLDER).is_dir():
+        try:
+            camera = CameraTokens.load(local / CAMERA_FOLDER).to(device, torch_dtype)
+        except ValueError as exc:
+            raise PriorError(f"prior: {exc}") from None
     for module in (text_encoder, unet, vae):
         if module is not None:
             module.requires_grad_(False)
             module.eval()
             module.to(device)
-    return Prior(unet, text_encoder, tokenizer, scheduler, vae, str(path), device, torch_dtype)
+    return Prior(unet, text_encoder, tokenizer, scheduler, vae, str(path), device, torch_dtype, camera)

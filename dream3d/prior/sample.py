@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -40,12 +40,14 @@ def make_sampler(scheduler_config, sampler: str):
 @torch.no_grad()
 def sample(
     prior: Union[str, Path, Prior], prompt: str, n: int = 4, steps: int = 20, guidance: float = 7.5,
-    sampler: str = "dpm-solver++", seed: int = 0, negative_prompt: str = "",
+    sampler: str = "dpm-solver++", seed: int = 0, negative_prompt: str = "", c2w: Optional[Tensor] = None,
 ) -> Tensor:
     """Generate ``n`` images of ``prompt``: float [n,H,W,3] in [0,1] (H = W = the prior's ``image_size``).
 
     ``prior`` is a loaded :class:`Prior` or a path for :func:`load_prior`. Deterministic in ``seed`` (initial
-    noise and the DDPM sampler's noise come from one CPU generator).
+    noise and the DDPM sampler's noise come from one CPU generator). ``c2w`` [n,4,4] (or [4,4] for all) are the
+    cameras a camera-conditioned prior draws from (none: "no camera", the text prior it was made from); a
+    text-only prior refuses them.
     """
     if n < 1 or steps < 1:
         raise ValueError(f"sample needs n >= 1 and steps >= 1, got n={n}, steps={steps}")
@@ -64,6 +66,11 @@ def sample(
         text = torch.cat([prior.encode_text([negative_prompt]).expand(n, -1, -1), cond])
     else:
         text = cond
+    if c2w is not None:
+        if not prior.takes_camera:
+            raise ValueError(f"sample: the prior {prior.path} takes no camera")
+        c2w = c2w.expand(n, 4, 4) if c2w.dim() == 2 else c2w
+        text = prior.condition(text, torch.cat([c2w, c2w]) if guided else c2w)
     for t in scheduler.timesteps:
         inp = torch.cat([x, x]) if guided else x
         inp = scheduler.scale_model_input(inp, t)

@@ -81,6 +81,39 @@ class ClassifierConfig:
 
 
 @dataclass
+class CameraPriorConfig:
+    """Camera conditioning (MVDream's idea, one view at a time) added to a trained prior by fine-tuning its UNet.
+
+    ``base``: the pipeline folder to start from; empty means a from-scratch run without a camera. The base's
+    tokenizer, text encoder, VAE and classifier are kept as they are (byte-identical components); its UNet is
+    fine-tuned together with a fresh :class:`dream3d.prior.camera.CameraTokens` (``tokens`` context positions,
+    an MLP of width ``hidden``), whose last layer starts at zero, so training starts from the base's exact
+    predictions. ``front_share`` of each batch comes from the objects with a front: the other 48 look alike from
+    every azimuth, so without it the camera's azimuth would be a signal in one sample of six. Per sample the
+    camera is dropped with ``camera_dropout`` (the prior keeps working without one); with a camera the caption
+    is the bare object caption with probability ``bare_caption``, else the caption with the view words the base
+    was trained with.
+    """
+
+    base: str = ""
+    tokens: int = 4
+    hidden: int = 256
+    steps: int = 3500
+    batch: int = 64
+    lr: float = 3e-4
+    camera_lr_scale: float = 10.0  # the new camera embedding learns from zero: a larger step for it
+    front_share: float = 0.5  # share of each batch drawn from the objects with a front (only their azimuth shows)
+    warmup: int = 100
+    weight_decay: float = 0.01
+    cfg_dropout: float = 0.1
+    camera_dropout: float = 0.15
+    bare_caption: float = 0.7
+    snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     """Everything one training run depends on."""
 
@@ -94,6 +127,7 @@ class TrainConfig:
     text: TextConfig = field(default_factory=TextConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    camera: CameraPriorConfig = field(default_factory=CameraPriorConfig)
     bf16: bool = False  # bf16 autocast for the UNet and VAE (a win only on CPUs with native bf16)
     threads: int = 0  # torch threads during the run (restored after); 0 leaves torch's default (all cores)
     checkpoint_every: int = 250
@@ -106,14 +140,20 @@ class TrainConfig:
         return Path(self.out) / TRAIN_DIR
 
 
+CAMERA_PRIOR = "assets/priors/shapeworld-camera"
+
+
 def preset(name: str, **overrides: Any) -> TrainConfig:
-    """``full`` (the shipped prior: about 1.5 to 2 hours on 2 idle CPU cores, see :func:`probe`) or ``smoke``
-    (tiny sizes, well under a minute).
+    """``full`` (the shipped prior: about 1.5 to 2 hours on 2 idle CPU cores, see :func:`probe`), ``camera``
+    (the shipped camera-conditioned prior: the full prior's UNet fine-tuned with a camera input, about 45 minutes)
+    or ``smoke`` (tiny sizes, well under a minute).
 
     ``overrides`` set top-level fields (``out=``, ``seed=``, ...).
     """
     if name == "full":
         cfg = TrainConfig()
+    elif name == "camera":
+        cfg = TrainConfig(out=CAMERA_PRIOR, camera=CameraPriorConfig(base="assets/priors/shapeworld"))
     elif name == "smoke":
         cfg = TrainConfig(
             n_train=232, n_test=116, checkpoint_every=10, log_every=5, threads=1,
@@ -124,7 +164,7 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
             classifier=ClassifierConfig(widths=[8, 16, 16, 16], image_size=32, steps=8, batch=32),
         )
     else:
-        raise ValueError(f"unknown preset {name!r}; expected full or smoke")
+        raise ValueError(f"unknown preset {name!r}; expected full, camera or smoke")
     for key, value in overrides.items():
         if not hasattr(cfg, key):
             raise ValueError(f"unknown TrainConfig field {key!r}")
@@ -133,7 +173,8 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
 
 
 _TRAINING_FIELDS = {"steps", "batch", "lr", "warmup", "weight_decay", "cfg_dropout", "snr_gamma", "ema_decay",
-                    "grad_clip", "kl_weight", "l2_weight", "edge_weight", "view_weight", "crop"}
+                    "grad_clip", "kl_weight", "l2_weight", "edge_weight", "view_weight", "crop", "camera_lr_scale",
+                    "camera_dropout", "bare_caption", "front_share"}
 
 
 def architecture(stage_cfg: Any) -> dict:

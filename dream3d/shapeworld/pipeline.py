@@ -236,6 +236,93 @@ def train_text_unet(
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Stage 4b: camera conditioning (camera tokens, dream3d.prior.camera), fine-tuned from a trained prior
+# --------------------------------------------------------------------------------------------------------------
+
+
+def train_camera_unet(
+    cfg: TrainConfig, unet, text_encoder, tokenizer, latents: tuple[Tensor, Tensor], scaling_factor: float,
+    data: ShapeDataset, object_captions: list[str], has_front: list[bool], resume: bool, log: Log,
+):
+    """Stage 4b (:class:`~dream3d.shapeworld.config.CameraPriorConfig`): a trained prior's UNet learns, with a fresh
+    :class:`~dream3d.prior.camera.CameraTokens`, to draw the view of a camera; the text encoder stays frozen.
+    Returns (unet, camera tokens), with the EMA weights when ``ema_decay > 0``, in eval mode.
+
+    ``object_captions`` and ``has_front`` are per catalogue object (``data.object_ids`` index them). Per sample
+    (``front_share`` of them from objects with a front): the camera is kept with probability
+    1 - ``camera_dropout`` (else the text prior's own input: no camera tokens); the caption is the bare object
+    caption with probability ``bare_caption`` when the camera is kept, else the captioned view of the dataset;
+    then the usual caption dropout to the empty prompt for classifier-free guidance. Epsilon loss with min-SNR
+    weights, as in stage 4.
+    """
+    from dream3d.cameras import make_cameras
+    from dream3d.prior.camera import CameraTokens
+
+    ccfg = cfg.camera
+    mean, std = latents
+    torch.manual_seed(cfg.seed + 31)
+    unet = unet.float()
+    camera = CameraTokens(int(unet.config.cross_attention_dim), ccfg.tokens, ccfg.hidden)
+    log(f"unet_camera: {count_parameters(unet) / 1e6:.2f}M UNet parameters, {count_parameters(camera)} in "
+        f"{ccfg.tokens} camera tokens, from {ccfg.base}")
+    scheduler = build_scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod.float()
+    groups = [{"params": list(unet.parameters()), "lr_scale": 1.0},
+              {"params": list(camera.parameters()), "lr_scale": ccfg.camera_lr_scale}]
+    opt = torch.optim.AdamW(groups, lr=ccfg.lr, weight_decay=ccfg.weight_decay)
+    modules = {"unet": unet, "camera": camera}
+    ema = EMA(modules, ccfg.ema_decay) if ccfg.ema_decay > 0 else None
+    gen = torch.Generator().manual_seed(cfg.seed + 32)
+    signature = {"unet": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(unet.config).items()
+                          if not k.startswith("_")},
+                 "tokens": ccfg.tokens, "hidden": ccfg.hidden, "n": int(mean.shape[0]), "base": ccfg.base}
+    runner = StageRunner("unet_camera", cfg, modules, opt, gen, ccfg.steps, ccfg.lr, ccfg.warmup, signature,
+                         resume, log, ema)
+    n = len(data)
+    c2w = make_cameras(torch.from_numpy(data.elevation).float(), torch.from_numpy(data.azimuth).float(),
+                       torch.ones(n), torch.from_numpy(data.fovy).float(), data.size, data.size).c2w  # [N,4,4]
+    with torch.no_grad():
+        texts = tokenize(tokenizer, [*data.captions, *object_captions, ""])
+        table = torch.cat([text_encoder(chunk)[0] for chunk in texts.split(256)]).float()  # [K+O+1, L, D]
+    bare0, empty = len(data.captions), len(data.captions) + len(object_captions)
+    caption_ids = torch.from_numpy(data.caption_ids)
+    object_ids = torch.from_numpy(data.object_ids)
+    T = scheduler.config.num_train_timesteps
+    fronted = torch.tensor([bool(front) for front in has_front])[object_ids].nonzero().squeeze(1)
+
+    def step(_: int) -> dict[str, float]:
+        B = ccfg.batch
+        idx = torch.randint(n, (B,), generator=gen)
+        if len(fronted):
+            from_front = torch.rand(B, generator=gen) < ccfg.front_share
+            idx = torch.where(from_front, fronted[torch.randint(len(fronted), (B,), generator=gen)], idx)
+        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+        keep = torch.rand(B, generator=gen) >= ccfg.camera_dropout
+        bare = keep & (torch.rand(B, generator=gen) < ccfg.bare_caption)
+        drop = torch.rand(B, generator=gen) < ccfg.cfg_dropout
+        rows = torch.where(bare, bare0 + object_ids[idx], caption_ids[idx])
+        rows = torch.where(drop, torch.full_like(rows, empty), rows)
+        t = torch.randint(0, T, (B,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        zt = scheduler.add_noise(z0, noise, t)
+        with autocast(cfg.bf16):
+            context = camera(table[rows], c2w[idx], keep)
+            pred = unet(zt, t, context).sample.float()
+        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(alphas_cumprod, t, ccfg.snr_gamma)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], ccfg.grad_clip)
+        opt.step()
+        return {"loss": loss.item(), "mse": per_sample.mean().item(), "grad_norm": grad_norm.item()}
+
+    runner.run(step, ["loss", "mse", "grad_norm"])
+    if ema is not None:
+        ema.copy_to(modules)
+    return unet.eval().requires_grad_(False), camera.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Stage 6: save in the Stable Diffusion layout
 # --------------------------------------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ shared step loop of :mod:`dream3d.shapeworld.trainer`; the configuration and its
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -75,6 +76,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Log = print) -> dict:
 
 
 def _train(cfg: TrainConfig, resume: bool, log: Log) -> dict:
+    if cfg.camera.base:
+        return _train_camera(cfg, resume, log)
     out = Path(cfg.out)
     timings: dict[str, float] = {}
     write_json(cfg.train_dir / "config.json", config_to_dict(cfg))
@@ -116,6 +119,69 @@ def _train(cfg: TrainConfig, resume: bool, log: Log) -> dict:
                        "unet": count_parameters(unet)},
         "weights_mb": round(folder_size_mb(out), 2), "scaling_factor": scaling_factor,
         "classifier_accuracy": accuracy, "seed": cfg.seed, "threads": torch.get_num_threads(),
+    }
+    write_json(cfg.train_dir / "summary.json", summary)
+    log(f"saved {out} ({summary['weights_mb']} MB of weights) in {summary['total_minutes']} min")
+    return summary
+
+
+def _train_camera(cfg: TrainConfig, resume: bool, log: Log) -> dict:
+    """The ``camera`` preset: the base prior's UNet fine-tuned with a camera input (stage 4b), saved with the
+    camera tokens in ``camera_encoder/``; every other component of the base is copied unchanged (the model card is
+    not: it describes the base)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    from dream3d.prior.camera import CAMERA_FOLDER
+    from dream3d.shapeworld.catalogue import catalogue
+    from dream3d.shapeworld.pipeline import train_camera_unet
+
+    base, out = Path(cfg.camera.base), Path(cfg.out)
+    if base.resolve() == out.resolve():
+        raise ValueError(f"camera prior: out ({out}) must differ from its base ({base})")
+    if not (base / "model_index.json").is_file():
+        raise ValueError(f"camera prior: base {base} is not a pipeline folder (no model_index.json)")
+    timings: dict[str, float] = {}
+    write_json(cfg.train_dir / "config.json", config_to_dict(cfg))
+    t = time.perf_counter()
+    train_data, _ = load_splits(cfg.cache, cfg.n_train, cfg.n_test, cfg.seed, cfg.render, log)
+    timings["data"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(str(base / "tokenizer"))
+    text_encoder = CLIPTextModel.from_pretrained(str(base / "text_encoder")).float().eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(str(base / "vae")).float().eval().requires_grad_(False)
+    base_unet = UNet2DConditionModel.from_pretrained(str(base / "unet")).float()
+    latents = encode_dataset(vae, train_data)
+    scaling_factor = float(vae.config.scaling_factor)
+    timings["encode"] = time.perf_counter() - t
+    log(f"camera prior: base {base}, latents of {len(train_data)} images encoded, scaling_factor {scaling_factor:.4f}")
+
+    t = time.perf_counter()
+    objects = catalogue()
+    unet, camera = train_camera_unet(cfg, base_unet, text_encoder, tokenizer, latents, scaling_factor, train_data,
+                                     [o.caption for o in objects], [o.has_front for o in objects], resume, log)
+    timings["unet"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    save_pipeline(out, vae, text_encoder, tokenizer, unet, build_scheduler(), cfg.save_dtype)
+    for extra in ("vae", "text_encoder", "tokenizer", "scheduler", "classifier", "dream3d.yaml"):
+        source, target = base / extra, out / extra  # the base's own files: byte-identical components
+        if source.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+        elif source.is_file():
+            shutil.copy2(source, target)
+    camera.save(out / CAMERA_FOLDER)
+    timings["save"] = time.perf_counter() - t
+    if not cfg.keep_checkpoints:
+        for ckpt in cfg.train_dir.glob("*.pt"):
+            ckpt.unlink()
+    summary = {
+        "seconds": {k: round(v, 1) for k, v in timings.items()}, "total_minutes": round(sum(timings.values()) / 60, 1),
+        "parameters": {"unet": count_parameters(unet), "camera_tokens": count_parameters(camera)},
+        "weights_mb": round(folder_size_mb(out), 2), "base": str(base), "seed": cfg.seed,
+        "threads": torch.get_num_threads(),
     }
     write_json(cfg.train_dir / "summary.json", summary)
     log(f"saved {out} ({summary['weights_mb']} MB of weights) in {summary['total_minutes']} min")

@@ -99,7 +99,8 @@ class EMA:
 class StageRunner:
     """The step loop every stage shares: resume, learning rate, logging, checkpoints, timing.
 
-    ``step_fn(step) -> dict of losses`` does one optimisation step (the runner sets the learning rate first).
+    ``step_fn(step) -> dict of losses`` does one optimisation step (the runner sets the learning rate first:
+    the schedule's value times a parameter group's ``lr_scale``, 1 when absent).
     The checkpoint holds the modules, optimizer, EMA, step, the stage generator's and torch's RNG states and
     ``signature`` (the stage's config: resuming with another one is an error).
     """
@@ -152,7 +153,7 @@ class StageRunner:
         for step in range(self.start, self.steps):
             lr = lr_at(step, self.steps, self.lr, self.warmup)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             losses = step_fn(step)
             if self.ema is not None:
                 self.ema.update(self.modules)

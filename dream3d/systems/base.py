@@ -121,7 +121,9 @@ class BaseSystem(pl.LightningModule):
         # registration order fixes the random initialisation (seeded) and the checkpoint's key order
         self.particles = torch.nn.ModuleList([self.make_particle(stage_cfg) for _ in range(run_cfg.particles)])
         self.guidance = resolve(GUIDANCES, stage_cfg.guidance.name, "guidance")(stage_cfg.guidance, prior)
-        self.prompts = PromptEmbeddings(prior, run_cfg.prompt, run_cfg.negative_prompt, run_cfg.view_dependent)
+        # a camera-conditioned prior is told the camera itself (guidance cfg_noise): no view words then
+        self.prompts = PromptEmbeddings(prior, run_cfg.prompt, run_cfg.negative_prompt,
+                                        run_cfg.view_dependent and not prior.takes_camera)
 
     @property
     def step(self) -> int:

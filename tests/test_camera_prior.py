@@ -1,0 +1,175 @@
+"""Camera-conditioned priors (MVDream's camera input, one view at a time): the camera's 16 numbers, the prior
+that takes them, guidance and sampling that pass them, VSD over such a prior, and a fit through the real trainer
+without view words. Tiny real diffusers priors (``tests/tiny_prior.py``, ``camera=True``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from dream3d import cli
+from dream3d.cameras import CAMERA_CONDITION_DIM, camera_condition, make_cameras, sample_cameras
+from dream3d.config import CameraConfig, GuidanceConfig, load_config
+from dream3d.guidance.sds import SDSGuidance, cfg_noise
+from dream3d.guidance.vsd import CameraEmbedding, VSDGuidance
+from dream3d.prior import PromptEmbeddings, load_prior
+from dream3d.prior.sample import sample
+
+
+@pytest.fixture(scope="module")
+def camera_prior(camera_prior_dir):
+    return load_prior(str(camera_prior_dir))
+
+
+@pytest.fixture(scope="module")
+def text_prior(latent_prior_dir):
+    return load_prior(str(latent_prior_dir))
+
+
+def cams(azimuth: list[float], elevation: float = 15.0, distance: float = 2.0):
+    n = len(azimuth)
+    return make_cameras(torch.full((n,), elevation), torch.tensor(azimuth), torch.full((n,), distance),
+                        torch.full((n,), 55.0), 32, 32)
+
+
+def test_camera_condition_is_the_c2w_with_a_unit_translation():
+    near, far = cams([30.0, -120.0], distance=1.2), cams([30.0, -120.0], distance=3.0)
+    a, b = camera_condition(near.c2w), camera_condition(far.c2w)
+    assert a.shape == (2, CAMERA_CONDITION_DIM)
+    assert torch.allclose(a, b, atol=1e-6)  # the framing, not the distance, sets the image
+    m = a.view(2, 4, 4)
+    assert torch.allclose(m[:, :3, 3].norm(dim=-1), torch.ones(2))
+    assert torch.allclose(m[:, :3, :3], near.c2w[:, :3, :3]) and torch.equal(m[:, 3], near.c2w[:, 3])
+    assert not torch.allclose(a[0], a[1])  # another direction, another condition
+
+
+def test_priors_say_whether_they_take_a_camera(camera_prior, text_prior):
+    assert camera_prior.takes_camera and not text_prior.takes_camera
+    text = camera_prior.encode_text(["a red cube", "a red cube"])
+    c2w = cams([0.0, 180.0]).c2w
+    assert torch.equal(text_prior.condition(text, c2w), text) and torch.equal(camera_prior.condition(text), text)
+    told = camera_prior.condition(text, c2w)
+    assert torch.equal(told[:, :-4], text[:, :-4]) and not torch.allclose(told[:, -4:], text[:, -4:])
+    assert not torch.allclose(told[0], told[1])  # front and back: other tokens
+    kept = camera_prior.condition(text, c2w, torch.tensor([True, False]))
+    assert torch.equal(kept[0], told[0]) and torch.equal(kept[1], text[1])  # a dropped camera adds nothing
+    with pytest.raises(ValueError, match="2 cameras for 3 prompts"):
+        camera_prior.condition(torch.cat([text, text[:1]]), c2w)
+
+
+def test_camera_tokens_start_at_zero_and_load_only_their_own_files(tmp_path):
+    from dream3d.prior.camera import CameraTokens
+
+    fresh = CameraTokens(8, tokens=2, hidden=16)
+    text = torch.randn(3, 5, 8)
+    assert torch.equal(fresh(text, cams([0.0, 90.0, 180.0]).c2w), text)  # a fresh encoder changes nothing
+    fresh.save(tmp_path / "enc")
+    loaded = CameraTokens.load(tmp_path / "enc")
+    assert loaded.tokens == 2 and all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
+                                                                         loaded.state_dict().values()))
+    (tmp_path / "enc" / "config.json").write_text('{"format": "pickle", "dim": 8}')
+    with pytest.raises(ValueError, match="not a camera encoder"):
+        CameraTokens.load(tmp_path / "enc")
+
+
+def test_guidance_hands_the_camera_to_a_camera_prior_only(camera_prior, text_prior):
+    for prior, moves in ((camera_prior, True), (text_prior, False)):
+        gen = torch.Generator().manual_seed(0)
+        size = prior.image_size // prior.vae_scale_factor
+        z_t = torch.randn(2, 4, size, size, generator=gen)
+        t = torch.tensor([500, 500])
+        cond, uncond = PromptEmbeddings(prior, "a red cube", view_dependent=False)(["front", "front"])
+        front = cfg_noise(prior, z_t, t, cond, uncond, 7.5, cams([0.0, 0.0]).c2w)
+        back = cfg_noise(prior, z_t, t, cond, uncond, 7.5, cams([180.0, 180.0]).c2w)
+        none = cfg_noise(prior, z_t, t, cond, uncond, 7.5)
+        assert (front - back).abs().max() > 1e-4 if moves else torch.equal(front, back)
+        assert (front - none).abs().max() > 1e-4 if moves else torch.equal(front, none)
+
+    prior = camera_prior  # SDS itself: the same draws, other cameras, another gradient
+    rgb = torch.rand(2, prior.image_size, prior.image_size, 3, generator=torch.Generator().manual_seed(1))
+    cond, uncond = PromptEmbeddings(prior, "a red cube", view_dependent=False)(["front", "front"])
+    sds = SDSGuidance(GuidanceConfig(name="sds", guidance_scale=7.5), prior)
+    fixed = dict(t=torch.tensor([400, 600]), noise=torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2)))
+    a = sds(rgb, cond, uncond, cameras=cams([0.0, 0.0]), generator=torch.Generator().manual_seed(3), **fixed)
+    b = sds(rgb, cond, uncond, cameras=cams([180.0, 90.0]), generator=torch.Generator().manual_seed(3), **fixed)
+    assert abs(float(a["sds"]) - float(b["sds"])) > 1e-6
+
+
+def test_sampling_follows_the_camera_and_a_text_prior_refuses_one(camera_prior, text_prior):
+    front = sample(camera_prior, "a red cube", 2, steps=3, c2w=cams([0.0]).c2w[0])  # one camera for both
+    again = sample(camera_prior, "a red cube", 2, steps=3, c2w=cams([0.0]).c2w[0])
+    back = sample(camera_prior, "a red cube", 2, steps=3, c2w=cams([180.0, 180.0]).c2w)
+    assert torch.equal(front, again) and (front - back).abs().max() > 1e-3
+    assert sample(camera_prior, "a red cube", 1, steps=2).shape == front[:1].shape  # no camera: the null row
+    with pytest.raises(ValueError, match="takes no camera"):
+        sample(text_prior, "a red cube", 1, steps=2, c2w=cams([0.0]).c2w)
+
+
+def test_vsd_over_a_camera_prior_tells_its_lora_model_the_camera(camera_prior):
+    prior = camera_prior
+    guidance = VSDGuidance(GuidanceConfig(name="vsd", guidance_scale=7.5), prior)
+    c = cams([0.0, 135.0])
+    size = prior.image_size // prior.vae_scale_factor
+    z_t = torch.randn(2, 4, size, size, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([300, 700])
+    cond, _ = PromptEmbeddings(prior, "a red cube", view_dependent=False)(["front", "back"])
+    told = prior.condition(cond, c.c2w)
+    with torch.no_grad():  # at the start (LoRA and its camera embedding at zero) the LoRA model is the prior
+        lora = guidance.estimate(z_t, t, told, CameraEmbedding.labels(c.c2w))
+        plain = prior.unet(z_t, t, encoder_hidden_states=told).sample
+    assert torch.allclose(lora, plain, atol=1e-5)
+    rgb = torch.rand(2, prior.image_size, prior.image_size, 3, generator=torch.Generator().manual_seed(1))
+    out = guidance(rgb, cond, cond[:, :0].new_zeros(cond.shape) + prior.encode_text([""]), cameras=c,
+                   generator=torch.Generator().manual_seed(2))
+    assert torch.isfinite(out["vsd"]) and torch.isfinite(out["lora"])
+    assert not any("camera_encoder" in n for n, _ in guidance.named_parameters())  # the prior's is not trained
+
+
+def test_mvdream_fit_with_a_camera_prior_drops_the_view_words(camera_prior_dir, latent_prior_dir, tmp_path, monkeypatch):
+    from dream3d.prior.prompts import PromptEmbeddings as Embeddings
+
+    seen: dict[str, list[str]] = {}
+    original = Embeddings.texts
+
+    def recording(self, labels):
+        texts = original(self, labels)
+        seen.setdefault(Path(self.prior.path).name, []).extend(texts)
+        return texts
+
+    monkeypatch.setattr(Embeddings, "texts", recording)
+    from test_mesh_stages import tiny
+
+    from dream3d.run import fit
+
+    for prior_dir in (camera_prior_dir, latent_prior_dir):  # the mvdream recipe; a text-only prior runs it too
+        cfg = load_config(["prompt=a red cube", f"prior={prior_dir}", "recipe=mvdream", "stages.coarse.steps=4",
+                           "stages.fine.steps=3", *tiny(["coarse", "fine"], fine__dmtet__resolution=16,
+                                                        fine__mesh__init_fit_steps=5, fine__mesh__texture_fit_steps=5)])
+        summary = fit(cfg, tmp_path / prior_dir.name, show_progress=False)
+        assert summary["status"] == "done" and summary["export"]["watertight"] is True
+    assert seen["camera"] and set(seen["camera"]) == {"a red cube"}  # the camera says where; no view words
+    assert any(text.endswith(" view") for text in seen["latent"])  # a text-only prior still gets them
+
+
+def test_mvdream_recipe_uses_the_camera_prior_and_its_settings():
+    cfg = load_config(["prompt=a mug", "recipe=mvdream"])
+    assert Path(cfg.prior).name == "shapeworld-camera"
+    assert cfg.stages["coarse"].renderer.background == "solid"  # from the camera prior's dream3d.yaml
+    assert cfg.stages["fine"].system == "dmtet"
+    assert load_prior(cfg.prior).takes_camera
+
+
+def test_prior_sample_command_takes_a_camera(camera_prior_dir, latent_prior_dir, tmp_path, capsys):
+    from PIL import Image
+
+    args = ["prior", "sample", "prompt=a red cube", "n=2", "steps=2"]
+    front, back = tmp_path / "front.png", tmp_path / "back.png"
+    assert cli.main([*args, f"prior={camera_prior_dir}", f"out={front}", "azimuth=0"]) == 0
+    assert cli.main([*args, f"prior={camera_prior_dir}", f"out={back}", "azimuth=180", "elevation=20"]) == 0
+    assert Image.open(front).tobytes() != Image.open(back).tobytes()
+    capsys.readouterr()
+    assert cli.main([*args, f"prior={latent_prior_dir}", f"out={tmp_path / 'x.png'}", "azimuth=90"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "takes no camera" in err[0] and not (tmp_path / "x.png").exists()
