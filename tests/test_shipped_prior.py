@@ -59,3 +59,40 @@ def test_dream3d_loader_encodes_view_prompts(prompt):
     prior = load_prior(str(PRIOR))
     emb = prior.encode_text([prompt])
     assert emb.shape == (1, 24, 128) and torch.isfinite(emb).all()
+
+
+# ---------------------------------------------------------------------------------------- the camera prior
+CAMERA_PRIOR = PROJECT_ROOT / "assets/priors/shapeworld-camera"
+
+
+def test_camera_prior_is_the_base_with_a_fine_tuned_unet_and_camera_tokens():
+    index = json.loads((CAMERA_PRIOR / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and "camera_encoder" not in index
+    for sub in ("vae", "text_encoder", "tokenizer", "scheduler", "classifier"):  # the base's files, byte for byte
+        for f in (PRIOR / sub).iterdir():
+            assert (CAMERA_PRIOR / sub / f.name).read_bytes() == f.read_bytes(), f"{sub}/{f.name}"
+    assert (CAMERA_PRIOR / "dream3d.yaml").read_bytes() == (PRIOR / "dream3d.yaml").read_bytes()
+    shipped = list(PRIOR.rglob("*.safetensors")) + list(CAMERA_PRIOR.rglob("*.safetensors"))
+    assert sum(w.stat().st_size for w in shipped) < 40e6  # both priors together
+    assert not (CAMERA_PRIOR / "training").exists() and not list(CAMERA_PRIOR.rglob("*.pt"))
+
+
+def test_camera_prior_draws_the_side_it_is_asked_for():
+    """Front and back of two objects with a front, 4 samples each, 20 steps: the classifier's view head must see
+    the asked side in at least 10 of 16 (the text prior's ", front/back view" words: 12 of 48, docs)."""
+    from dream3d.prior import load_prior
+    from dream3d.prior.sample import sample
+    from dream3d.shapeworld.classifier import load_classifier
+    from dream3d.shapeworld.evaluate import view_cameras
+
+    prior = load_prior(str(CAMERA_PRIOR))
+    assert prior.takes_camera
+    classifier = load_classifier(CAMERA_PRIOR / "classifier")
+    hits, recognised = 0, 0
+    for caption in ("a house", "a car"):
+        for v, view in enumerate(("front", "back")):
+            c2w = view_cameras(view, 4, torch.Generator().manual_seed(v))
+            out = classifier.classify(sample(prior, caption, 4, 20, 7.5, seed=v, c2w=c2w))
+            hits += out["views"].count(view)
+            recognised += out["captions"].count(caption)
+    assert hits >= 10 and recognised >= 14, (hits, recognised)
