@@ -74,8 +74,8 @@ def evaluate_prior(
         chosen = [by_caption[c] for c in captions]
         result["views"] = evaluate_views(prior, classifier, chosen, views, steps, guidance, sampler, seed, log)
         if prior.takes_camera:
-            result["camera_views"] = evaluate_camera_views(prior, classifier, chosen, views, steps, guidance,
-                                                           sampler, seed, log)
+            result["camera_views"] = evaluate_views(prior, classifier, chosen, views, steps, guidance, sampler,
+                                                    seed, log, by_camera=True)
     return result
 
 
@@ -97,46 +97,29 @@ def view_cameras(view: str, n: int, gen: torch.Generator) -> Tensor:
     return make_cameras(elevation, azimuth, torch.ones(n), torch.full((n,), 55.0), 64, 64).c2w
 
 
-def evaluate_camera_views(prior: Prior, classifier: ShapeClassifier, entries: list[dict], n: int, steps: int,
-                          guidance: float, sampler: str, seed: int, log: Log = print) -> dict:
-    """Like :func:`evaluate_views` for a camera-conditioned prior: the bare caption with ``n`` random cameras in
-    each view's region (:func:`view_cameras`) instead of view words; the same seeds and output layout."""
+def evaluate_views(prior: Prior, classifier: ShapeClassifier, entries: list[dict], n: int, steps: int,
+                   guidance: float, sampler: str, seed: int, log: Log = print, by_camera: bool = False) -> dict:
+    """For the objects with a front: fraction of ``caption, <view> view`` samples classified as that view (and as
+    that object). Returns per-view fractions and a [V,V] confusion matrix (rows: prompted, columns: seen).
+
+    ``by_camera`` (a camera-conditioned prior): the bare caption with ``n`` random cameras in each view's region
+    (:func:`view_cameras`) instead of the view words; the same seeds and output layout."""
     fronted = [e for e in entries if e["has_front"]]
     confusion = torch.zeros(len(VIEW_LABELS), len(VIEW_LABELS), dtype=torch.long)
     recognised = 0
     for i, e in enumerate(fronted):
         for v, view in enumerate(VIEW_LABELS):
             s = seed + 1000 + 10 * i + v
-            c2w = view_cameras(view, n, torch.Generator().manual_seed(s))
-            images = sample(prior, e["caption"], n, steps, guidance, sampler, s, c2w=c2w)
+            if by_camera:
+                c2w = view_cameras(view, n, torch.Generator().manual_seed(s))
+                images = sample(prior, e["caption"], n, steps, guidance, sampler, s, c2w=c2w)
+            else:
+                images = sample(prior, caption_with_view(e["caption"], view), n, steps, guidance, sampler, s)
             out = classifier.classify(images)
             recognised += sum(c == e["caption"] for c in out["captions"])
             for seen in out["views"]:
                 confusion[v, VIEW_LABELS.index(seen)] += 1
-        log(f"camera views {i + 1}/{len(fronted)} {e['caption']}")
-    per_view = {view: (confusion[v, v] / confusion[v].sum().clamp_min(1)).item() for v, view in enumerate(VIEW_LABELS)}
-    total = int(confusion.sum())
-    return {"objects": [e["caption"] for e in fronted], "n_per_view": n, "per_view": per_view,
-            "accuracy": (confusion.diag().sum() / max(total, 1)).item(), "recognised": recognised / max(total, 1),
-            "confusion": confusion.tolist(), "labels": list(VIEW_LABELS)}
-
-
-def evaluate_views(prior: Prior, classifier: ShapeClassifier, entries: list[dict], n: int, steps: int,
-                   guidance: float, sampler: str, seed: int, log: Log = print) -> dict:
-    """For the objects with a front: fraction of ``caption, <view> view`` samples classified as that view (and as
-    that object). Returns per-view fractions and a [V,V] confusion matrix (rows: prompted, columns: seen)."""
-    fronted = [e for e in entries if e["has_front"]]
-    confusion = torch.zeros(len(VIEW_LABELS), len(VIEW_LABELS), dtype=torch.long)
-    recognised = 0
-    for i, e in enumerate(fronted):
-        for v, view in enumerate(VIEW_LABELS):
-            images = sample(prior, caption_with_view(e["caption"], view), n, steps, guidance, sampler,
-                            seed + 1000 + 10 * i + v)
-            out = classifier.classify(images)
-            recognised += sum(c == e["caption"] for c in out["captions"])
-            for seen in out["views"]:
-                confusion[v, VIEW_LABELS.index(seen)] += 1
-        log(f"views {i + 1}/{len(fronted)} {e['caption']}")
+        log(f"{'camera ' if by_camera else ''}views {i + 1}/{len(fronted)} {e['caption']}")
     per_view = {view: (confusion[v, v] / confusion[v].sum().clamp_min(1)).item() for v, view in enumerate(VIEW_LABELS)}
     total = int(confusion.sum())
     return {"objects": [e["caption"] for e in fronted], "n_per_view": n, "per_view": per_view,
@@ -170,33 +153,22 @@ def markdown_tables(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['caption']} | {r['recognised']:.0%} | {r['object']:.0%} | {r['colour']:.0%} | "
                      f"{r['confused_with'] or '-'} |")
-    v = result.get("views")
+    v, c = result.get("views"), result.get("camera_views")
     if v:
-        lines += [
-            "",
-            f"View prompts, on the {len(v['objects'])} objects with a front ({v['n_per_view']} samples per object "
-            f"and view): the classifier sees the prompted view in **{v['accuracy']:.1%}** of them, and the "
-            f"prompted object in {v['recognised']:.1%}.",
-            "",
-            "| prompted \\ seen | " + " | ".join(v["labels"]) + " |",
-            "|---|" + "---:|" * len(v["labels"]),
-        ]
-        for label, row in zip(v["labels"], v["confusion"]):
-            lines.append(f"| {label} | " + " | ".join(str(x) for x in row) + " |")
-    c = result.get("camera_views")
+        lines += _view_table(v, f"View prompts, on the {len(v['objects'])} objects with a front ({v['n_per_view']} "
+                                f"samples per object and view): the classifier sees the prompted view", "prompted")
     if c:
-        lines += [
-            "",
-            f"Cameras instead of view words (bare captions, {c['n_per_view']} random cameras per object and view "
-            f"region): the classifier sees the asked view in **{c['accuracy']:.1%}** of them, and the prompted "
-            f"object in {c['recognised']:.1%}.",
-            "",
-            "| camera in \\ seen | " + " | ".join(c["labels"]) + " |",
-            "|---|" + "---:|" * len(c["labels"]),
-        ]
-        for label, row in zip(c["labels"], c["confusion"]):
-            lines.append(f"| {label} | " + " | ".join(str(x) for x in row) + " |")
+        lines += _view_table(c, f"Cameras instead of view words (bare captions, {c['n_per_view']} random cameras per "
+                                f"object and view region): the classifier sees the asked view", "camera in")
     return "\n".join(lines)
+
+
+def _view_table(v: dict, lead: str, rows: str) -> list[str]:
+    """Lines of one view figure: the sentence (``lead`` + the accuracies) and its confusion table."""
+    lines = ["", f"{lead} in **{v['accuracy']:.1%}** of them, and the prompted object in {v['recognised']:.1%}.", "",
+             f"| {rows} \\ seen | " + " | ".join(v["labels"]) + " |", "|---|" + "---:|" * len(v["labels"])]
+    return lines + [f"| {label} | " + " | ".join(str(x) for x in row) + " |"
+                    for label, row in zip(v["labels"], v["confusion"])]
 
 
 def summary_json(result: dict, seconds_per_image: Optional[float] = None) -> dict:

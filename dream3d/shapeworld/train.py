@@ -75,15 +75,33 @@ def train(cfg: TrainConfig, resume: bool = False, log: Log = print) -> dict:
         torch.set_num_threads(previous_threads)
 
 
+def _start(cfg: TrainConfig, log: Log):
+    """The run's config written, the rendered splits loaded (or rendered): (timings, train split, test split)."""
+    write_json(cfg.train_dir / "config.json", config_to_dict(cfg))
+    t = time.perf_counter()
+    train_data, test_data = load_splits(cfg.cache, cfg.n_train, cfg.n_test, cfg.seed, cfg.render, log)
+    return {"data": time.perf_counter() - t}, train_data, test_data
+
+
+def _finish(cfg: TrainConfig, timings: dict[str, float], summary: dict, log: Log) -> dict:
+    """Checkpoints removed unless kept; the summary (timings, weights, ``summary``'s figures) written and logged."""
+    out = Path(cfg.out)
+    if not cfg.keep_checkpoints:
+        for ckpt in cfg.train_dir.glob("*.pt"):
+            ckpt.unlink()
+    summary = {"seconds": {k: round(v, 1) for k, v in timings.items()},
+               "total_minutes": round(sum(timings.values()) / 60, 1), **summary,
+               "weights_mb": round(folder_size_mb(out), 2), "seed": cfg.seed, "threads": torch.get_num_threads()}
+    write_json(cfg.train_dir / "summary.json", summary)
+    log(f"saved {out} ({summary['weights_mb']} MB of weights) in {summary['total_minutes']} min")
+    return summary
+
+
 def _train(cfg: TrainConfig, resume: bool, log: Log) -> dict:
     if cfg.camera.base:
         return _train_camera(cfg, resume, log)
     out = Path(cfg.out)
-    timings: dict[str, float] = {}
-    write_json(cfg.train_dir / "config.json", config_to_dict(cfg))
-    t = time.perf_counter()
-    train_data, test_data = load_splits(cfg.cache, cfg.n_train, cfg.n_test, cfg.seed, cfg.render, log)
-    timings["data"] = time.perf_counter() - t
+    timings, train_data, test_data = _start(cfg, log)
 
     t = time.perf_counter()
     tokenizer = build_tokenizer(out / "tokenizer", train_data.captions, max_length=cfg.text.max_length)
@@ -110,19 +128,10 @@ def _train(cfg: TrainConfig, resume: bool, log: Log) -> dict:
     t = time.perf_counter()
     save_pipeline(out, vae, text_encoder, tokenizer, unet, build_scheduler(), cfg.save_dtype)
     timings["save"] = time.perf_counter() - t
-    if not cfg.keep_checkpoints:
-        for ckpt in cfg.train_dir.glob("*.pt"):
-            ckpt.unlink()
-    summary = {
-        "seconds": {k: round(v, 1) for k, v in timings.items()}, "total_minutes": round(sum(timings.values()) / 60, 1),
+    return _finish(cfg, timings, {
         "parameters": {"vae": count_parameters(vae), "text_encoder": count_parameters(text_encoder),
                        "unet": count_parameters(unet)},
-        "weights_mb": round(folder_size_mb(out), 2), "scaling_factor": scaling_factor,
-        "classifier_accuracy": accuracy, "seed": cfg.seed, "threads": torch.get_num_threads(),
-    }
-    write_json(cfg.train_dir / "summary.json", summary)
-    log(f"saved {out} ({summary['weights_mb']} MB of weights) in {summary['total_minutes']} min")
-    return summary
+        "scaling_factor": scaling_factor, "classifier_accuracy": accuracy}, log)
 
 
 def _train_camera(cfg: TrainConfig, resume: bool, log: Log) -> dict:
@@ -141,11 +150,7 @@ def _train_camera(cfg: TrainConfig, resume: bool, log: Log) -> dict:
         raise ValueError(f"camera prior: out ({out}) must differ from its base ({base})")
     if not (base / "model_index.json").is_file():
         raise ValueError(f"camera prior: base {base} is not a pipeline folder (no model_index.json)")
-    timings: dict[str, float] = {}
-    write_json(cfg.train_dir / "config.json", config_to_dict(cfg))
-    t = time.perf_counter()
-    train_data, _ = load_splits(cfg.cache, cfg.n_train, cfg.n_test, cfg.seed, cfg.render, log)
-    timings["data"] = time.perf_counter() - t
+    timings, train_data, _ = _start(cfg, log)
 
     t = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(base / "tokenizer"))
@@ -174,18 +179,9 @@ def _train_camera(cfg: TrainConfig, resume: bool, log: Log) -> dict:
             shutil.copy2(source, target)
     camera.save(out / CAMERA_FOLDER)
     timings["save"] = time.perf_counter() - t
-    if not cfg.keep_checkpoints:
-        for ckpt in cfg.train_dir.glob("*.pt"):
-            ckpt.unlink()
-    summary = {
-        "seconds": {k: round(v, 1) for k, v in timings.items()}, "total_minutes": round(sum(timings.values()) / 60, 1),
-        "parameters": {"unet": count_parameters(unet), "camera_tokens": count_parameters(camera)},
-        "weights_mb": round(folder_size_mb(out), 2), "base": str(base), "seed": cfg.seed,
-        "threads": torch.get_num_threads(),
-    }
-    write_json(cfg.train_dir / "summary.json", summary)
-    log(f"saved {out} ({summary['weights_mb']} MB of weights) in {summary['total_minutes']} min")
-    return summary
+    return _finish(cfg, timings, {
+        "parameters": {"unet": count_parameters(unet), "camera_tokens": count_parameters(camera)}, "base": str(base)},
+        log)
 
 
 # --------------------------------------------------------------------------------------------------------------
