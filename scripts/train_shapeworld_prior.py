@@ -5,7 +5,7 @@
     .venv/bin/python scripts/train_shapeworld_prior.py --resume              # continue an interrupted run
     .venv/bin/python scripts/train_shapeworld_prior.py --preset smoke --out /tmp/sw   # about a minute
     .venv/bin/python scripts/train_shapeworld_prior.py --probe               # time one step of each stage
-    .venv/bin/python scripts/train_shapeworld_prior.py --preset camera      # camera-conditioned prior, ~45 min
+    .venv/bin/python scripts/train_shapeworld_prior.py --preset camera      # camera-conditioned prior, ~33 min
 
 Stages: render data (cached in --cache) -> tokenizer -> VAE -> text encoder + UNet -> classifier -> save in
 the Stable Diffusion layout. See :mod:`dream3d.shapeworld.train`.
@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--preset", choices=("full", "camera", "smoke"), default="full",
                     help="camera: fine-tune --base's UNet with a camera input (default base: the shipped prior)")
     ap.add_argument("--base", default=None, help="camera preset: the prior folder to start from")
-    ap.add_argument("--out", default=None, help="pipeline folder (default: assets/priors/shapeworld)")
+    ap.add_argument("--out", default=None, help="pipeline folder (default: assets/priors/shapeworld, "
+                    "with --preset camera assets/priors/shapeworld-camera)")
     ap.add_argument("--cache", default=None, help="rendered-data cache folder (default: .cache/shapeworld)")
     ap.add_argument("--steps-vae", type=int, default=None)
     ap.add_argument("--steps-unet", type=int, default=None)
@@ -50,6 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.preset != "camera" and (args.base is not None or args.steps_camera is not None):
+        print(f"train_shapeworld_prior: --base and --steps-camera go with --preset camera, not {args.preset}",
+              file=sys.stderr)
+        return 2
     if args.preset == "smoke" and args.out is None:  # a smoke model must never become the shipped default prior
         print(f"train_shapeworld_prior: --preset {args.preset} needs --out (the default folder is the shipped prior)",
               file=sys.stderr)

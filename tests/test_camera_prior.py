@@ -4,7 +4,9 @@ without view words. Tiny real diffusers priors (``tests/tiny_prior.py``, ``camer
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,9 +71,26 @@ def test_camera_tokens_start_at_zero_and_load_only_their_own_files(tmp_path):
     loaded = CameraTokens.load(tmp_path / "enc")
     assert loaded.tokens == 2 and all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
                                                                          loaded.state_dict().values()))
-    (tmp_path / "enc" / "config.json").write_text('{"format": "pickle", "dim": 8}')
-    with pytest.raises(ValueError, match="not a camera encoder"):
-        CameraTokens.load(tmp_path / "enc")
+    for name, text in (("config.json", '{"format": "pickle", "dim": 8}'), ("config.json", "[]"),
+                       ("model.safetensors", "not a tensor file")):
+        broken = tmp_path / f"broken-{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(tmp_path / "enc", broken)
+        (broken / name).write_text(text)
+        with pytest.raises(ValueError, match="not a camera encoder") as err:
+            CameraTokens.load(broken)
+        assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_camera_encoder_that_does_not_fit_the_prior_is_one_line(camera_prior_dir, tmp_path):
+    from dream3d.prior import PriorError
+    from dream3d.prior.camera import CameraTokens
+
+    prior = tmp_path / "prior"
+    shutil.copytree(camera_prior_dir, prior)
+    shutil.rmtree(prior / "camera_encoder")
+    CameraTokens(64, tokens=4, hidden=8).save(prior / "camera_encoder")  # the text encoder is 32 wide
+    with pytest.raises(PriorError, match="do not fit the text encoder"):
+        load_prior(str(prior))
 
 
 def test_guidance_hands_the_camera_to_a_camera_prior_only(camera_prior, text_prior):
@@ -102,7 +121,10 @@ def test_sampling_follows_the_camera_and_a_text_prior_refuses_one(camera_prior, 
     again = sample(camera_prior, "a red cube", 2, steps=3, c2w=cams([0.0]).c2w[0])
     back = sample(camera_prior, "a red cube", 2, steps=3, c2w=cams([180.0, 180.0]).c2w)
     assert torch.equal(front, again) and (front - back).abs().max() > 1e-3
-    assert sample(camera_prior, "a red cube", 1, steps=2).shape == front[:1].shape  # no camera: the null row
+    text_only = dataclasses.replace(camera_prior, camera_encoder=None)  # the same UNet without the tokens
+    assert torch.equal(sample(camera_prior, "a red cube", 2, steps=2), sample(text_only, "a red cube", 2, steps=2))
+    with pytest.raises(ValueError, match="3 cameras for 2 images"):
+        sample(camera_prior, "a red cube", 2, steps=2, c2w=cams([0.0, 90.0, 180.0]).c2w)
     with pytest.raises(ValueError, match="takes no camera"):
         sample(text_prior, "a red cube", 1, steps=2, c2w=cams([0.0]).c2w)
 
@@ -124,7 +146,6 @@ def test_vsd_over_a_camera_prior_tells_its_lora_model_the_camera(camera_prior):
     out = guidance(rgb, cond, cond[:, :0].new_zeros(cond.shape) + prior.encode_text([""]), cameras=c,
                    generator=torch.Generator().manual_seed(2))
     assert torch.isfinite(out["vsd"]) and torch.isfinite(out["lora"])
-    assert not any("camera_encoder" in n for n, _ in guidance.named_parameters())  # the prior's is not trained
 
 
 def test_mvdream_fit_with_a_camera_prior_drops_the_view_words(camera_prior_dir, latent_prior_dir, tmp_path, monkeypatch):
@@ -156,9 +177,22 @@ def test_mvdream_fit_with_a_camera_prior_drops_the_view_words(camera_prior_dir, 
 def test_mvdream_recipe_uses_the_camera_prior_and_its_settings():
     cfg = load_config(["prompt=a mug", "recipe=mvdream"])
     assert Path(cfg.prior).name == "shapeworld-camera"
-    assert cfg.stages["coarse"].renderer.background == "solid"  # from the camera prior's dream3d.yaml
     assert cfg.stages["fine"].system == "dmtet"
     assert load_prior(cfg.prior).takes_camera
+
+
+def test_a_recipes_prior_brings_its_own_settings_and_an_override_replaces_them(camera_prior_dir, latent_prior_dir,
+                                                                               tmp_path):
+    prior = tmp_path / "grey-prior"
+    shutil.copytree(camera_prior_dir, prior)
+    (prior / "dream3d.yaml").write_text("stages:\n  renderer:\n    background: solid\n"
+                                        "    background_color: [0.25, 0.5, 0.75]\n")
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(f"prior: {prior}\nstages:\n  coarse:\n    system: nerf-sds\n    steps: 10\n")
+    ours = load_config(["prompt=a mug", f"recipe={recipe}"])
+    assert ours.stages["coarse"].renderer.background_color == [0.25, 0.5, 0.75]  # the recipe's prior's world
+    other = load_config(["prompt=a mug", f"recipe={recipe}", f"prior={latent_prior_dir}"])
+    assert other.stages["coarse"].renderer.background_color != [0.25, 0.5, 0.75]  # the override's (none)
 
 
 def test_prior_sample_command_takes_a_camera(camera_prior_dir, latent_prior_dir, tmp_path, capsys):

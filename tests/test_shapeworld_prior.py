@@ -374,3 +374,15 @@ def test_evaluate_a_camera_prior_asks_views_by_camera(camera_run):
         azimuth = torch.rad2deg(torch.atan2(position[:, 0], position[:, 2]))
         labels = make_cameras(elevation, azimuth, torch.ones(16), torch.full((16,), 55.0), 8, 8).view_labels()
         assert set(labels) == {view}
+
+
+def test_the_script_takes_base_only_with_the_camera_preset(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("train_script", Path("scripts/train_shapeworld_prior.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for argv in (["--base", "/tmp/x"], ["--preset", "smoke", "--out", "/tmp/y", "--steps-camera", "3"]):
+        assert script.main(argv) == 2  # never a camera fine-tune into the default prior's folder
+        assert "go with --preset camera" in capsys.readouterr().err

@@ -12,7 +12,7 @@ the last K positions of the prompt's embeddings [B,L,D] (padding for every capti
 every short prompt) get a learned function of the camera's 16 numbers
 (:func:`dream3d.cameras.camera_condition`). The MLP's last layer starts at zero, so a fresh
 :class:`CameraTokens` leaves the prior exactly as it was; "no camera" adds nothing, so a camera-conditioned
-prior without a camera is the text prior it was fine-tuned from.
+prior without a camera is a text prior (its fine-tuned UNet's, not the base's weights).
 
 A prior folder carries it in ``camera_encoder/`` (``config.json`` + ``model.safetensors``, no code), outside
 ``model_index.json``: plain diffusers loads the folder as a text-to-image pipeline and ignores it.
@@ -79,11 +79,12 @@ class CameraTokens(nn.Module):
         folder = Path(folder)
         try:
             config = json.loads((folder / "config.json").read_text())
-            if config.get("format") != _FORMAT or not all(
-                    isinstance(config.get(k), int) and config[k] > 0 for k in ("dim", "tokens", "hidden")):
-                raise ValueError(f"expected format {_FORMAT} with positive integers dim, tokens, hidden")
+            if not isinstance(config, dict) or config.get("format") != _FORMAT or not all(
+                    type(config.get(k)) is int and config[k] > 0 for k in ("dim", "tokens", "hidden")):
+                raise ValueError(f"config.json: expected format {_FORMAT} with positive integers dim, tokens, hidden")
             module = cls(config["dim"], config["tokens"], config["hidden"])
             module.load_state_dict(load_file(str(folder / "model.safetensors")))
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ValueError(f"{folder}: not a camera encoder ({str(exc).splitlines()[0]})") from None
+        except Exception as exc:  # a broken file of any kind (safetensors has its own error class): one line
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"{folder}: not a camera encoder ({reason})") from None
         return module.eval().requires_grad_(False)

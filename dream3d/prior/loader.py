@@ -169,6 +169,10 @@ def load_prior(path: str, device: str | torch.device = "cpu", dtype: str | torch
             camera = CameraTokens.load(local / CAMERA_FOLDER).to(device, torch_dtype)
         except ValueError as exc:
             raise PriorError(f"prior: {exc}") from None
+        width, length = int(text_encoder.config.hidden_size), int(tokenizer.model_max_length)
+        if camera.dim != width or camera.tokens >= length:
+            raise PriorError(f"prior: {local / CAMERA_FOLDER}: {camera.tokens} camera tokens of width {camera.dim} "
+                             f"do not fit the text encoder ({length} tokens of width {width})")
     for module in (text_encoder, unet, vae):
         if module is not None:
             module.requires_grad_(False)

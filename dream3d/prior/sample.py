@@ -45,9 +45,9 @@ def sample(
     """Generate ``n`` images of ``prompt``: float [n,H,W,3] in [0,1] (H = W = the prior's ``image_size``).
 
     ``prior`` is a loaded :class:`Prior` or a path for :func:`load_prior`. Deterministic in ``seed`` (initial
-    noise and the DDPM sampler's noise come from one CPU generator). ``c2w`` [n,4,4] (or [4,4] for all) are the
-    cameras a camera-conditioned prior draws from (none: "no camera", the text prior it was made from); a
-    text-only prior refuses them.
+    noise and the DDPM sampler's noise come from one CPU generator). ``c2w`` [n,4,4] (or one [4,4] / [1,4,4] for all)
+    are the cameras a camera-conditioned prior draws from (none: no camera tokens, a text prior); a text-only
+    prior refuses them.
     """
     if n < 1 or steps < 1:
         raise ValueError(f"sample needs n >= 1 and steps >= 1, got n={n}, steps={steps}")
@@ -69,7 +69,10 @@ def sample(
     if c2w is not None:
         if not prior.takes_camera:
             raise ValueError(f"sample: the prior {prior.path} takes no camera")
-        c2w = c2w.expand(n, 4, 4) if c2w.dim() == 2 else c2w
+        c2w = c2w.reshape(-1, 4, 4)
+        c2w = c2w.expand(n, 4, 4) if c2w.shape[0] == 1 else c2w
+        if c2w.shape[0] != n:
+            raise ValueError(f"sample: {c2w.shape[0]} cameras for {n} images")
         text = prior.condition(text, torch.cat([c2w, c2w]) if guided else c2w)
     for t in scheduler.timesteps:
         inp = torch.cat([x, x]) if guided else x

@@ -145,7 +145,7 @@ CAMERA_PRIOR = "assets/priors/shapeworld-camera"
 
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """``full`` (the shipped prior: about 1.5 to 2 hours on 2 idle CPU cores, see :func:`probe`), ``camera``
-    (the shipped camera-conditioned prior: the full prior's UNet fine-tuned with a camera input, about 45 minutes)
+    (the shipped camera-conditioned prior: the full prior's UNet fine-tuned with a camera input, about 33 minutes)
     or ``smoke`` (tiny sizes, well under a minute).
 
     ``overrides`` set top-level fields (``out=``, ``seed=``, ...).

@@ -30,6 +30,7 @@ shared step loop of :mod:`dream3d.shapeworld.trainer`; the configuration and its
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -169,15 +170,28 @@ def _train_camera(cfg: TrainConfig, resume: bool, log: Log) -> dict:
     timings["unet"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    save_pipeline(out, vae, text_encoder, tokenizer, unet, build_scheduler(), cfg.save_dtype)
-    for extra in ("vae", "text_encoder", "tokenizer", "scheduler", "classifier", "dream3d.yaml"):
-        source, target = base / extra, out / extra  # the base's own files: byte-identical components
-        if source.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(source, target)
-        elif source.is_file():
-            shutil.copy2(source, target)
-    camera.save(out / CAMERA_FOLDER)
+    # the whole folder is staged beside ``out`` and moved in component by component, model_index.json last, so an
+    # interrupted save never leaves a folder that loads as something else (a text prior, an old camera encoder)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        save_pipeline(staging, vae, text_encoder, tokenizer, unet, build_scheduler(), cfg.save_dtype)
+        for extra in ("vae", "text_encoder", "tokenizer", "scheduler", "classifier", "dream3d.yaml"):
+            source, target = base / extra, staging / extra  # the base's own files: byte-identical components
+            if source.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(source, target)
+            elif source.is_file():
+                shutil.copy2(source, target)
+        camera.save(staging / CAMERA_FOLDER)
+        (out / "model_index.json").unlink(missing_ok=True)  # the old folder stops loading before it changes
+        for entry in sorted(staging.iterdir(), key=lambda p: p.name == "model_index.json"):
+            target = out / entry.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     timings["save"] = time.perf_counter() - t
     return _finish(cfg, timings, {
         "parameters": {"unet": count_parameters(unet), "camera_tokens": count_parameters(camera)}, "base": str(base)},
