@@ -5,15 +5,15 @@ without view words. Tiny real diffusers priors (``tests/tiny_prior.py``, ``camer
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+
 from dream3d import cli
-from dream3d.cameras import CAMERA_CONDITION_DIM, camera_condition, make_cameras, sample_cameras
-from dream3d.config import CameraConfig, GuidanceConfig, load_config
+from dream3d.cameras import CAMERA_CONDITION_DIM, camera_condition, make_cameras
+from dream3d.config import GuidanceConfig, load_config
 from dream3d.guidance.sds import SDSGuidance, cfg_noise
 from dream3d.guidance.vsd import CameraEmbedding, VSDGuidance
 from dream3d.prior import PromptEmbeddings, load_prior
