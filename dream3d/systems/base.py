@@ -121,9 +121,11 @@ class BaseSystem(pl.LightningModule):
         # registration order fixes the random initialisation (seeded) and the checkpoint's key order
         self.particles = torch.nn.ModuleList([self.make_particle(stage_cfg) for _ in range(run_cfg.particles)])
         self.guidance = resolve(GUIDANCES, stage_cfg.guidance.name, "guidance")(stage_cfg.guidance, prior)
-        # a camera-conditioned prior is told the camera itself (guidance cfg_noise): no view words then
+        # a camera-conditioned prior is told the camera itself (guidance cfg_noise): no view words then; systems
+        # rebuilt to read a checkpoint have no prior
+        takes_camera = prior is not None and prior.takes_camera
         self.prompts = PromptEmbeddings(prior, run_cfg.prompt, run_cfg.negative_prompt,
-                                        run_cfg.view_dependent and not prior.takes_camera)
+                                        run_cfg.view_dependent and not takes_camera)
 
     @property
     def step(self) -> int:
