@@ -359,14 +359,20 @@ def save_pipeline(folder: str | Path, vae, text_encoder, tokenizer, unet, schedu
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         tokenizer.backend_tokenizer.model.save(str(tmp / "tokenizer"))  # vocab.json + merges.txt
-        for entry in sorted(tmp.iterdir(), key=lambda p: p.name == "model_index.json"):  # the index last
-            target = folder / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
+        replace_components(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def replace_components(source: Path, folder: Path) -> None:
+    """Move every entry of ``source`` into ``folder``, replacing what is there, ``model_index.json`` last (a pipeline
+    folder loads only once its index is back)."""
+    for entry in sorted(Path(source).iterdir(), key=lambda p: p.name == "model_index.json"):
+        target = Path(folder) / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
 
 
 def folder_size_mb(folder: str | Path, pattern: str = "*.safetensors") -> float:

@@ -30,7 +30,6 @@ shared step loop of :mod:`dream3d.shapeworld.trainer`; the configuration and its
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -51,6 +50,7 @@ from dream3d.shapeworld.pipeline import (
     encode_dataset,
     folder_size_mb,
     latent_scaling_factor,
+    replace_components,
     save_pipeline,
     train_text_unet,
     train_vae,
@@ -185,11 +185,7 @@ def _train_camera(cfg: TrainConfig, resume: bool, log: Log) -> dict:
                 shutil.copy2(source, target)
         camera.save(staging / CAMERA_FOLDER)
         (out / "model_index.json").unlink(missing_ok=True)  # the old folder stops loading before it changes
-        for entry in sorted(staging.iterdir(), key=lambda p: p.name == "model_index.json"):
-            target = out / entry.name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(entry, target)
+        replace_components(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     timings["save"] = time.perf_counter() - t
