@@ -139,26 +139,34 @@ class _Interrupt(Exception):
     pass
 
 
+def _interrupt_then_resume(cfg, stage: str, step: int, check_stopped=lambda: True) -> list[str]:
+    """Train ``cfg`` until ``stage`` logs ``step``, stop it there (``check_stopped()`` must then hold), resume
+    it to the end; returns the resumed run's log lines."""
+    from dream3d.shapeworld.train import train
+
+    def crash(line: str) -> None:
+        if line.startswith(f"{stage}: step {step}/"):
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(cfg, log=crash)
+    assert check_stopped()
+    lines: list[str] = []
+    train(cfg, resume=True, log=lines.append)
+    return lines
+
+
 def test_resume_continues_where_an_interrupted_run_stopped(smoke_run, tmp_path):
     """Kill a run right after the UNet's mid-way checkpoint, resume it: same steps logged, same weights as the
     uninterrupted run (which also shows that a fresh run with the same seed repeats itself)."""
     from safetensors.torch import load_file
 
-    from dream3d.shapeworld.train import train
 
     reference, _, _ = smoke_run
     cfg = _smoke_config(tmp_path / "prior", reference.cache)
     half = SMOKE_STEPS // 2
-
-    def crash(line: str) -> None:
-        if line.startswith(f"unet: step {half}/"):
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        train(cfg, log=crash)
-    assert _csv_steps(cfg.train_dir / "unet.csv") == list(range(1, half + 1))
-    lines: list[str] = []
-    train(cfg, resume=True, log=lines.append)
+    lines = _interrupt_then_resume(cfg, "unet", half,
+                                   lambda: _csv_steps(cfg.train_dir / "unet.csv") == list(range(1, half + 1)))
     assert any(line.startswith("vae: already trained") for line in lines)
     assert any(line.startswith(f"unet: resumed at step {half}/{SMOKE_STEPS}") for line in lines)
     assert _csv_steps(cfg.train_dir / "unet.csv") == list(range(1, SMOKE_STEPS + 1))
@@ -324,20 +332,11 @@ def test_camera_preset_trains_the_unet_and_keeps_every_other_component(camera_ru
 def test_camera_preset_resumes_where_it_stopped(camera_run, smoke_run, tmp_path):
     from safetensors.torch import load_file
 
-    from dream3d.shapeworld.train import train
 
     reference = camera_run[0]
     cfg = _camera_config(tmp_path / "prior", smoke_run[0])
     half = SMOKE_STEPS // 2
-
-    def crash(line: str) -> None:
-        if line.startswith(f"unet_camera: step {half}/"):
-            raise _Interrupt
-
-    with pytest.raises(_Interrupt):
-        train(cfg, log=crash)
-    lines: list[str] = []
-    train(cfg, resume=True, log=lines.append)
+    lines = _interrupt_then_resume(cfg, "unet_camera", half)
     assert any(line.startswith(f"unet_camera: resumed at step {half}/{SMOKE_STEPS}") for line in lines)
     for name in ("unet/diffusion_pytorch_model.safetensors", "camera_encoder/model.safetensors"):
         a, b = load_file(str(reference.train_dir.parent / name)), load_file(str(cfg.train_dir.parent / name))

@@ -67,9 +67,8 @@ def evaluate_prior(
     overall = {key: sum(r[key] * r["n"] for r in rows) / total for key in ("object", "colour", "recognised")}
     overall.update(samples=total, captions=len(rows),
                    captions_below_90=[r["caption"] for r in rows if r["recognised"] < 0.9])
-    result = {"rows": rows, "overall": overall, "views": None, "first": torch.stack(first),
+    result = {"rows": rows, "overall": overall, "views": None, "camera_views": None, "first": torch.stack(first),
               "settings": {"n": n, "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed}}
-    result["camera_views"] = None
     if views > 0:
         chosen = [by_caption[c] for c in captions]
         result["views"] = evaluate_views(prior, classifier, chosen, views, steps, guidance, sampler, seed, log)

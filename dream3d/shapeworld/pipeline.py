@@ -180,6 +180,23 @@ def min_snr_weights(alphas_cumprod: Tensor, t: Tensor, gamma: float) -> Tensor:
     return snr.clamp(max=gamma) / snr
 
 
+def latent_sample(mean: Tensor, std: Tensor, idx: Tensor, scaling_factor: float, gen: torch.Generator) -> Tensor:
+    """A draw of the VAE posteriors of images ``idx`` (means and stds [N,C,h,w]), scaled like SD's latents."""
+    return (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+
+
+def epsilon_update(opt, params: list, grad_clip: float, pred: Tensor, noise: Tensor, weights: Tensor) -> dict[str, float]:
+    """One optimiser step on the weighted epsilon loss mean_b(w_b * mean((pred_b - noise_b)^2)), gradients clipped
+    to ``grad_clip`` over ``params``. Returns the step's loss, unweighted mse and gradient norm."""
+    per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+    loss = (per_sample * weights).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    opt.step()
+    return {"loss": loss.item(), "mse": per_sample.mean().item(), "grad_norm": grad_norm.item()}
+
+
 def train_text_unet(
     cfg: TrainConfig, latents: tuple[Tensor, Tensor], scaling_factor: float, caption_ids: Tensor,
     captions: list[str], tokenizer, resume: bool, log: Log,
@@ -212,7 +229,7 @@ def train_text_unet(
     def step(_: int) -> dict[str, float]:
         B = cfg.unet.batch
         idx = torch.randint(mean.shape[0], (B,), generator=gen)
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+        z0 = latent_sample(mean, std, idx, scaling_factor, gen)
         drop = torch.rand(B, generator=gen) < cfg.unet.cfg_dropout
         ids = table[torch.where(drop, empty, caption_ids[idx])]
         t = torch.randint(0, T, (B,), generator=gen)
@@ -221,13 +238,8 @@ def train_text_unet(
         with autocast(cfg.bf16):
             text = text_encoder(ids)[0]
             pred = unet(zt, t, text).sample.float()
-        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(alphas_cumprod, t, cfg.unet.snr_gamma)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.unet.grad_clip)
-        opt.step()
-        return {"loss": loss.item(), "mse": per_sample.mean().item(), "grad_norm": grad_norm.item()}
+        return epsilon_update(opt, params, cfg.unet.grad_clip, pred, noise,
+                              min_snr_weights(alphas_cumprod, t, cfg.unet.snr_gamma))
 
     runner.run(step, ["loss", "mse", "grad_norm"])
     if ema is not None:
@@ -296,7 +308,7 @@ def train_camera_unet(
         if len(fronted):
             from_front = torch.rand(B, generator=gen) < ccfg.front_share
             idx = torch.where(from_front, fronted[torch.randint(len(fronted), (B,), generator=gen)], idx)
-        z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * scaling_factor
+        z0 = latent_sample(mean, std, idx, scaling_factor, gen)
         keep = torch.rand(B, generator=gen) >= ccfg.camera_dropout
         bare = keep & (torch.rand(B, generator=gen) < ccfg.bare_caption)
         drop = torch.rand(B, generator=gen) < ccfg.cfg_dropout
@@ -308,13 +320,8 @@ def train_camera_unet(
         with autocast(cfg.bf16):
             context = camera(table[rows], c2w[idx], keep)
             pred = unet(zt, t, context).sample.float()
-        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(alphas_cumprod, t, ccfg.snr_gamma)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], ccfg.grad_clip)
-        opt.step()
-        return {"loss": loss.item(), "mse": per_sample.mean().item(), "grad_norm": grad_norm.item()}
+        return epsilon_update(opt, [p for g in groups for p in g["params"]], ccfg.grad_clip, pred, noise,
+                              min_snr_weights(alphas_cumprod, t, ccfg.snr_gamma))
 
     runner.run(step, ["loss", "mse", "grad_norm"])
     if ema is not None:
