@@ -1,4 +1,4 @@
-"""The ``dream3d`` command: fit, export, render, compare, prior, eval.
+"""The ``dream3d`` command: fit, export, render, compare, prior, eval, batch.
 
     dream3d fit prompt="a pineapple" [recipe=magic3d] [key=value ...]
     dream3d fit resume=outputs/magic3d/a-pineapple-20261126-101500
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"dream3d {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{fit,export,render,compare,prior,eval}")
+    sub = parser.add_subparsers(dest="command", metavar="{fit,export,render,compare,prior,eval,batch}")
     fit = sub.add_parser(
         "fit", help="optimise a 3D object for a prompt", description="Optimise a 3D object for a text prompt.",
         epilog=_fit_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -104,6 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("args", nargs="*", metavar="run folder | key=value")
     compare.add_argument("--quiet", action="store_true", help="no progress bars")
+    batch = sub.add_parser(
+        "batch", help="many prompts x seeds on Ray (this machine or a cluster), with a gallery",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fit, export and evaluate every prompt of a file (one a line; overrides after a tab) for each "
+        "seed,\non a local Ray runtime or an existing Ray cluster. Writes <out>/runs/<recipe>/<prompt>-s<seed>/, "
+        "<out>/summary.json,\n<out>/summary.csv and <out>/gallery.html. The same command again skips finished fits "
+        "and resumes the rest.",
+        epilog="keys: prompts=<file>  seeds=1  recipe=<recipe>  out=outputs/batch/<file stem>\n"
+        "      workers=<fits at once; default cores/threads, or one per GPU>  threads=1 (torch threads per fit)\n"
+        "      retries=2 (after a worker dies)  gpus=1 (GPUs per fit; 0.5 puts two on a GPU)  views=16 (eval)\n"
+        "      address=<Ray cluster, e.g. auto>  any fit key=value for every prompt, e.g. stages.coarse.steps=300\n"
+        "examples:\n  dream3d batch prompts=prompts.txt seeds=2\n"
+        "  ray start --head   # then on the other machines: ray start --address=<head>:6379\n"
+        "  dream3d batch prompts=prompts.txt address=auto out=/shared/batch\n"
+        "needs Ray: pip install 'dream3d[batch]'",
+    )
+    batch.add_argument("args", nargs="*", metavar="key=value")
+    batch.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -321,6 +339,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    """``dream3d batch prompts=<file> ...``: exit 0 when every fit is done, 1 when any failed, 130 on Ctrl-C."""
+    from dream3d.batch import run_batch
+    from dream3d.batch.engine import BatchError, BatchInterrupted
+    from dream3d.config import ConfigError
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        summary = run_batch(args.args, progress=not args.quiet, log=log)
+    except ConfigError as exc:
+        return _error(str(exc))
+    except BatchError as exc:
+        return _error(str(exc), exc.exit_code)
+    except BatchInterrupted as exc:
+        return _error(str(exc), exc.exit_code)
+    counts = summary["counts"]
+    for row in summary["rows"]:
+        if row["status"] != "done":
+            print(f"{row['status']}: {row['prompt']} / seed {row['seed']}: {row.get('error')}")
+    out = Path(summary["out"])
+    print(f"done {counts['done']}, failed {counts['failed']} of {len(summary['rows'])} fits; "
+          f"{out / 'gallery.html'}, {out / 'summary.csv'}")
+    return 0 if counts["done"] == len(summary["rows"]) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line: every error a user can cause ends in one line (``dream3d: error: ...``) and a non-zero
     exit code: 2 bad input, 1 a failed run or a system error (disk full, permission), 130 Ctrl-C, 143 SIGTERM.
@@ -371,6 +416,8 @@ def _main(argv: list[str] | None = None) -> int:
         return cmd_eval(args)
     if args.command == "compare":
         return cmd_compare(args)
+    if args.command == "batch":
+        return cmd_batch(args)
     parser.print_help()
     return 2
 

@@ -10,6 +10,7 @@
         summary.json                timings, losses, settings, status per stage, export figures
         export/particle<k>/         model.glb and turntable.mp4 of particle k >= 1 (particles=N)
         eval.json                   ``dream3d eval``'s figures
+        batch.json, batch.log       a ``dream3d batch`` fit's record (attempts, worker, status) and its output
         .lock                       held (flock) by the one process working in the folder
 
 Every path of a run folder is spelled here and nowhere else.
@@ -40,6 +41,7 @@ LOCK_FILE = ".lock"
 EXPORT_DIR = "export"
 EVAL_FILE = "eval.json"
 MESH_FILE, VIDEO_FILE = "model.glb", "turntable.mp4"
+BATCH_RECORD, BATCH_LOG = "batch.json", "batch.log"
 TEMP_NAME = re.compile(r"^\..+\.tmp\d+")  # io.atomic_path's temporary names
 
 
@@ -83,6 +85,21 @@ class RunFolder:
     @property
     def eval_path(self) -> Path:
         return self.path / EVAL_FILE
+
+    @property
+    def batch_record_path(self) -> Path:
+        """``batch.json``: what ``dream3d batch`` knows of this fit (attempts, worker process, status, timings)."""
+        return self.path / BATCH_RECORD
+
+    @property
+    def batch_log_path(self) -> Path:
+        """``batch.log``: the output of a fit run by ``dream3d batch`` (its progress bar and messages)."""
+        return self.path / BATCH_LOG
+
+    @property
+    def video_path(self) -> Path:
+        """``export/turntable.mp4``: particle 0's turntable."""
+        return self.particle_dir(0) / VIDEO_FILE
 
     @property
     def mesh_path(self) -> Path:

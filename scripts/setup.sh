@@ -17,5 +17,5 @@ echo "dream3d: setting up .venv (one time)..." >&2
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -qq "${DREAM3D_TORCH:-torch==2.13.0}" >&2
 fi
-.venv/bin/python -m pip install -qq -e ".[dev]" >&2
+.venv/bin/python -m pip install -qq -e ".[dev,batch]" >&2
 touch "$stamp"

@@ -11,7 +11,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "dream3d"
 RUN_FOLDER_NAMES = {"ckpts", "last.ckpt", "summary.json", "config.yaml", "eval.json", "metrics.csv", "model.glb",
                     "turntable.mp4", "export", "stages", "val", ".lock"}
 # files of the same names that belong to other folders: the prior's training folder, a comparison's folder
-NOT_RUN_FOLDERS = {("dream3d/shapeworld/train.py", "summary.json"), ("dream3d/compare/report.py", "summary.json")}
+NOT_RUN_FOLDERS = {("dream3d/shapeworld/train.py", "summary.json"), ("dream3d/compare/report.py", "summary.json"),
+                   ("dream3d/batch/results.py", "summary.json")}
 
 
 def modules() -> dict[str, Path]:
