@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps-unet", type=int, default=None)
     ap.add_argument("--steps-classifier", type=int, default=None)
     ap.add_argument("--steps-camera", type=int, default=None, help="camera preset: UNet fine-tuning steps")
+    ap.add_argument("--camera-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="camera preset: CameraPriorConfig settings, e.g. lr=1e-4 front_share=0.3")
     ap.add_argument("--batch", type=int, default=None, help="batch of the VAE and UNet stages")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -49,10 +51,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def set_camera_field(camera, item: str) -> str:
+    """Set one ``key=value`` of a CameraPriorConfig (the value parsed as the field's type); an error text or ''."""
+    import dataclasses
+
+    key, sep, text = item.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(camera)}
+    if not sep or key not in fields or key == "base":
+        return f"expected key=value with key one of {', '.join(k for k in fields if k != 'base')}"
+    kind = type(getattr(camera, key))
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            value = text.lower() == "true"
+        else:
+            value = kind(text)
+    except ValueError:
+        return f"expected a {kind.__name__} for {key}, got {text!r}"
+    setattr(camera, key, value)
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.preset != "camera" and (args.base is not None or args.steps_camera is not None):
-        print(f"train_shapeworld_prior: --base and --steps-camera go with --preset camera, not {args.preset}",
+    if args.preset != "camera" and (args.base is not None or args.steps_camera is not None or args.camera_set):
+        print(f"train_shapeworld_prior: --base, --steps-camera and --camera-set go with --preset camera, "
+              f"not {args.preset}",
               file=sys.stderr)
         return 2
     if args.preset == "smoke" and args.out is None:  # a smoke model must never become the shipped default prior
@@ -74,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.camera.steps = args.steps_camera
     if args.base is not None:
         cfg.camera.base = args.base
+    for item in args.camera_set:
+        error = set_camera_field(cfg.camera, item)
+        if error:
+            print(f"train_shapeworld_prior: --camera-set {item}: {error}", file=sys.stderr)
+            return 2
     if args.batch is not None:
         cfg.vae.batch = cfg.unet.batch = cfg.camera.batch = args.batch
     start = time.perf_counter()

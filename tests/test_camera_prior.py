@@ -116,6 +116,28 @@ def test_guidance_hands_the_camera_to_a_camera_prior_only(camera_prior, text_pri
     assert abs(float(a["sds"]) - float(b["sds"])) > 1e-6
 
 
+def test_camera_cfg_leaves_the_unconditional_term_without_a_camera(camera_prior):
+    prior = camera_prior
+    gen = torch.Generator().manual_seed(0)
+    size = prior.image_size // prior.vae_scale_factor
+    z_t, t = torch.randn(2, 4, size, size, generator=gen), torch.tensor([300, 700])
+    cond, uncond = PromptEmbeddings(prior, "a red cube", view_dependent=False)(["front", "front"])
+    c2w = cams([0.0, 180.0]).c2w
+
+    def eps(text):
+        return prior.unet(z_t, t, encoder_hidden_states=text).sample
+
+    with torch.no_grad():
+        expected = eps(uncond) + 7.5 * (eps(prior.condition(cond, c2w)) - eps(uncond))  # the camera scaled as the text
+        both = eps(prior.condition(uncond, c2w)) + 7.5 * (eps(prior.condition(cond, c2w)) - eps(prior.condition(uncond, c2w)))
+    assert torch.allclose(cfg_noise(prior, z_t, t, cond, uncond, 7.5, c2w, camera_cfg=True), expected, atol=1e-5)
+    assert torch.allclose(cfg_noise(prior, z_t, t, cond, uncond, 7.5, c2w), both, atol=1e-5)
+    assert (expected - both).abs().max() > 1e-4
+    one = sample(prior, "a red cube", 2, steps=3, c2w=c2w)  # sampling scales the camera by default
+    assert torch.equal(one, sample(prior, "a red cube", 2, steps=3, c2w=c2w, camera_cfg=True))
+    assert (one - sample(prior, "a red cube", 2, steps=3, c2w=c2w, camera_cfg=False)).abs().max() > 1e-3
+
+
 def test_sampling_follows_the_camera_and_a_text_prior_refuses_one(camera_prior, text_prior):
     front = sample(camera_prior, "a red cube", 2, steps=3, c2w=cams([0.0]).c2w[0])  # one camera for both
     again = sample(camera_prior, "a red cube", 2, steps=3, c2w=cams([0.0]).c2w[0])

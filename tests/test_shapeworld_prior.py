@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -341,6 +342,46 @@ def test_camera_preset_resumes_where_it_stopped(camera_run, smoke_run, tmp_path)
     for name in ("unet/diffusion_pytorch_model.safetensors", "camera_encoder/model.safetensors"):
         a, b = load_file(str(reference.train_dir.parent / name)), load_file(str(cfg.train_dir.parent / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_camera_prior_as_the_base_is_trained_further(camera_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from dream3d.prior.camera import CameraTokens
+    from dream3d.shapeworld.train import train
+
+    first = camera_run[0].train_dir.parent
+    cfg = _camera_config(tmp_path / "prior", camera_run[0])
+    cfg.camera.base, cfg.camera.steps, cfg.camera.lr = str(first), 2, 0.0  # no step moves a weight: starts = ends
+    cfg.camera.warmup, cfg.camera.bare_without_camera = 1, True
+    lines: list[str] = []
+    train(cfg, log=lines.append)
+    assert any(f"from {first}" in line for line in lines)
+    a, b = load_file(str(first / "camera_encoder/model.safetensors")), load_file(
+        str(cfg.train_dir.parent / "camera_encoder/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the base's camera tokens, not fresh zero ones
+    cfg.camera.base, cfg.camera.hidden = str(first), 7
+    with pytest.raises(ValueError, match="hidden 7"):
+        train(cfg, log=lambda _: None)
+    assert CameraTokens.load(cfg.train_dir.parent / "camera_encoder").hidden == a["mlp.0.weight"].shape[0]
+
+
+def test_camera_settings_from_the_command_line():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).parents[1] / "scripts/train_shapeworld_prior.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    from dream3d.shapeworld.config import CameraPriorConfig
+
+    cam = CameraPriorConfig()
+    assert script.set_camera_field(cam, "lr=1e-4") == "" and cam.lr == 1e-4
+    assert script.set_camera_field(cam, "bare_without_camera=true") == "" and cam.bare_without_camera is True
+    assert script.set_camera_field(cam, "steps=12") == "" and cam.steps == 12
+    assert "expected a float for lr" in script.set_camera_field(cam, "lr=fast")
+    assert "expected key=value" in script.set_camera_field(cam, "base=elsewhere")
+    assert "expected key=value" in script.set_camera_field(cam, "nonsense")
+    assert script.main(["--preset", "full", "--camera-set", "lr=1"]) == 2
 
 
 def test_camera_preset_refuses_its_base_as_out(smoke_run):

@@ -20,6 +20,10 @@ class GuidanceConfig:
     # SDS only: where the residual is taken. latent: w(t) (eps_hat - eps) on the latents (DreamFusion); image:
     # the render against the decoded one-step estimate of the clean image (guidance/sds.py)
     space: str = "latent"
+    # a camera-conditioned prior (dream3d/prior/camera.py): false tells both CFG terms the camera, as MVDream does
+    # (the scale then amplifies the text only); true leaves the unconditional term without one, so the scale
+    # amplifies the camera too (the prior's own samples show the asked view more often: docs/quality.md, round 7)
+    camera_cfg: bool = False
     # VSD only (guidance/vsd.py): the LoRA model of the particles' render distribution
     lora_rank: int = 4  # rank of the adapters on the UNet's attention projections
     lora_alpha: Optional[float] = None  # LoRA scale alpha / rank; null: alpha = rank

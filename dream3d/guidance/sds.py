@@ -57,13 +57,15 @@ def predicted_noise(prior, z_t: Tensor, t: Tensor, eps_or_v: Tensor) -> Tensor:
 
 
 def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
-              c2w: Optional[Tensor] = None) -> Tensor:
+              c2w: Optional[Tensor] = None, camera_cfg: bool = False) -> Tensor:
     """Classifier-free guided noise prediction ε̂ = ε(∅, c) + s (ε(y, c) - ε(∅, c)); one batched UNet call.
 
     A camera-conditioned prior (``prior.takes_camera``) is told the renders' cameras c2w [B,4,4] in both terms,
-    as MVDream does (the guidance is over the text only); a text-only prior ignores them."""
+    as MVDream does (the guidance is over the text only), or with ``camera_cfg`` only in the conditional one:
+    ε̂ = ε(∅) + s (ε(y, c) - ε(∅)), the guidance over text and camera together; a text-only prior ignores them."""
     B = z_t.shape[0]
-    cond, uncond = prior.condition(cond, c2w), prior.condition(uncond, c2w)
+    off = torch.zeros(B) if camera_cfg and c2w is not None else None  # the unconditional term: no camera
+    cond, uncond = prior.condition(cond, c2w), prior.condition(uncond, c2w, off)
     with torch.no_grad():
         out = prior.unet(
             torch.cat([z_t, z_t]).to(prior.dtype), torch.cat([t, t]), encoder_hidden_states=torch.cat([cond, uncond]),
@@ -188,7 +190,7 @@ class SDSGuidance:
             z = to_model_space(prior, rgb, generator, latents)
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
         c2w = cameras.c2w.to(z.device) if cameras is not None else None
-        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale, c2w)
+        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale, c2w, self.cfg.camera_cfg)
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
         w = weighting(self.cfg.weighting, abar)
         if in_image:

@@ -108,6 +108,7 @@ class CameraPriorConfig:
     cfg_dropout: float = 0.1
     camera_dropout: float = 0.15
     bare_caption: float = 0.7
+    bare_without_camera: bool = False  # bare captions also without a camera (the prompt a text prior is asked with)
     snr_gamma: float = 5.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0

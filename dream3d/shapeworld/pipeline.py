@@ -255,15 +255,18 @@ def train_text_unet(
 def train_camera_unet(
     cfg: TrainConfig, unet, text_encoder, tokenizer, latents: tuple[Tensor, Tensor], scaling_factor: float,
     data: ShapeDataset, object_captions: list[str], has_front: list[bool], resume: bool, log: Log,
+    camera=None,
 ):
     """Stage 4b (:class:`~dream3d.shapeworld.config.CameraPriorConfig`): a trained prior's UNet learns, with a fresh
-    :class:`~dream3d.prior.camera.CameraTokens`, to draw the view of a camera; the text encoder stays frozen.
+    :class:`~dream3d.prior.camera.CameraTokens` (or ``camera``, the tokens of a camera prior trained further), to
+    draw the view of a camera; the text encoder stays frozen.
     Returns (unet, camera tokens), with the EMA weights when ``ema_decay > 0``, in eval mode.
 
     ``object_captions`` and ``has_front`` are per catalogue object (``data.object_ids`` index them). Per sample
     (``front_share`` of them from objects with a front): the camera is kept with probability
     1 - ``camera_dropout`` (else the text prior's own input: no camera tokens); the caption is the bare object
-    caption with probability ``bare_caption`` when the camera is kept, else the captioned view of the dataset;
+    caption with probability ``bare_caption``, else the captioned view of the dataset (``bare_without_camera``
+    false: bare captions only with a camera, as the first shipped camera prior was trained);
     then the usual caption dropout to the empty prompt for classifier-free guidance. Epsilon loss with min-SNR
     weights, as in stage 4.
     """
@@ -274,7 +277,12 @@ def train_camera_unet(
     mean, std = latents
     torch.manual_seed(cfg.seed + 31)
     unet = unet.float()
-    camera = CameraTokens(int(unet.config.cross_attention_dim), ccfg.tokens, ccfg.hidden)
+    if camera is None:
+        camera = CameraTokens(int(unet.config.cross_attention_dim), ccfg.tokens, ccfg.hidden)
+    elif (camera.tokens, camera.hidden) != (ccfg.tokens, ccfg.hidden):
+        raise ValueError(f"camera prior: the base's camera tokens ({camera.tokens} tokens, hidden {camera.hidden}) "
+                         f"differ from the settings (tokens {ccfg.tokens}, hidden {ccfg.hidden})")
+    camera = camera.float().train().requires_grad_(True)
     log(f"unet_camera: {count_parameters(unet) / 1e6:.2f}M UNet parameters, {count_parameters(camera)} in "
         f"{ccfg.tokens} camera tokens, from {ccfg.base}")
     scheduler = build_scheduler()
@@ -310,7 +318,9 @@ def train_camera_unet(
             idx = torch.where(from_front, fronted[torch.randint(len(fronted), (B,), generator=gen)], idx)
         z0 = latent_sample(mean, std, idx, scaling_factor, gen)
         keep = torch.rand(B, generator=gen) >= ccfg.camera_dropout
-        bare = keep & (torch.rand(B, generator=gen) < ccfg.bare_caption)
+        bare = torch.rand(B, generator=gen) < ccfg.bare_caption
+        if not ccfg.bare_without_camera:
+            bare = bare & keep
         drop = torch.rand(B, generator=gen) < ccfg.cfg_dropout
         rows = torch.where(bare, bare0 + object_ids[idx], caption_ids[idx])
         rows = torch.where(drop, torch.full_like(rows, empty), rows)

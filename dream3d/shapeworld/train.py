@@ -136,13 +136,14 @@ def _train(cfg: TrainConfig, resume: bool, log: Log) -> dict:
 
 
 def _train_camera(cfg: TrainConfig, resume: bool, log: Log) -> dict:
-    """The ``camera`` preset: the base prior's UNet fine-tuned with a camera input (stage 4b), saved with the
-    camera tokens in ``camera_encoder/``; every other component of the base is copied unchanged (the model card is
+    """The ``camera`` preset: the base prior's UNet fine-tuned with a camera input (stage 4b; a base that is itself
+    a camera prior is trained further, its camera tokens included), saved with the camera tokens in
+    ``camera_encoder/``; every other component of the base is copied unchanged (the model card is
     not: it describes the base)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
-    from dream3d.prior.camera import CAMERA_FOLDER
+    from dream3d.prior.camera import CAMERA_FOLDER, CameraTokens
     from dream3d.shapeworld.catalogue import catalogue
     from dream3d.shapeworld.pipeline import train_camera_unet
 
@@ -165,8 +166,11 @@ def _train_camera(cfg: TrainConfig, resume: bool, log: Log) -> dict:
 
     t = time.perf_counter()
     objects = catalogue()
+    # a camera prior as the base is trained further: its camera tokens go on learning instead of fresh ones
+    base_camera = CameraTokens.load(base / CAMERA_FOLDER) if (base / CAMERA_FOLDER).is_dir() else None
     unet, camera = train_camera_unet(cfg, base_unet, text_encoder, tokenizer, latents, scaling_factor, train_data,
-                                     [o.caption for o in objects], [o.has_front for o in objects], resume, log)
+                                     [o.caption for o in objects], [o.has_front for o in objects], resume, log,
+                                     base_camera)
     timings["unet"] = time.perf_counter() - t
 
     t = time.perf_counter()
