@@ -116,6 +116,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="with --from: refit STAGE and the stages after it on copies of another benchmark's runs")
     ap.add_argument("--from", dest="source", default=None, metavar="FOLDER",
                     help="the benchmark folder whose runs --refit copies (outputs/benchmark/<name>)")
+    ap.add_argument("--engine", choices=("processes", "ray"), default="processes",
+                    help="processes: each fit and eval a subprocess, --jobs at once; ray: the fits through dream3d "
+                    "batch's Ray engine (--jobs workers here, or --address a cluster; the prior loaded once per worker)")
+    ap.add_argument("--address", default="", help="with --engine ray: an existing Ray cluster (e.g. auto)")
     ap.add_argument("--no-sheet", dest="sheet", action="store_false", help="skip sheet.png")
     ap.add_argument("--timing", action="store_true", help="also run scripts/bench.py's per-iteration split")
     return ap.parse_args(argv)
@@ -399,6 +403,7 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int 
     previous = json.loads(stored.read_text()) if stored.is_file() and not fresh else None
     if previous and previous.get("settings") != _settings(steps):
         previous = None
+    by_ray = bool(previous and previous.get("engine") == "ray")  # fitted just now by fit_on_ray, not resumed
     start = time.perf_counter()
     try:
         if previous is None:  # a fresh fit: the figures describe this commit
@@ -441,7 +446,7 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int 
         total_s = fit_s + eval_s
     row.update({
         "total_s": None if total_s is None else round(total_s, 1), "fit_s": None if fit_s is None else round(fit_s, 1),
-        "eval_s": None if eval_s is None else round(eval_s, 1), "resumed": previous is not None,
+        "eval_s": None if eval_s is None else round(eval_s, 1), "resumed": previous is not None and not by_ray,
         "peak_rss_mb": summary.get("peak_rss_mb"),
         "export_s": summary.get("export", {}).get("mesh_seconds"), "faces": summary.get("export", {}).get("faces"),
         "stages": {k: {"wall_s": v.get("wall_s"), "it_per_s": v.get("it_per_s"), "steps": v.get("completed_steps"),
@@ -455,6 +460,48 @@ def run_one(recipe: str, prompt: str, seed: int, steps, out: Path, threads: int 
     write_json(run_dir / RUN_FILE, {"settings": _settings(steps), "fit_s": row["fit_s"], "eval_s": row["eval_s"],
                                     "total_s": row["total_s"]})
     return row
+
+
+def fit_on_ray(tasks: list[tuple], steps, out: Path, jobs: int, threads: int, fresh: bool, address: str = "") -> int:
+    """``--engine ray``: fit, export and evaluate every task through :mod:`dream3d.batch` (one Ray task per fit, the
+    same run folders and fit settings as the subprocess engine), then record each finished one as reusable
+    (RUN_FILE with the worker's fit and eval seconds), so that :func:`run_all` only reads them. Returns how many
+    fits ran; a fit that failed is left without RUN_FILE (run_all then tries it as a subprocess and reports it)."""
+    from dream3d.batch.engine import EngineSettings, require_ray, run_jobs
+    from dream3d.batch.jobs import make_jobs
+    from dream3d.batch.worker import read_record
+    from dream3d.config import parse_overrides
+    from dream3d.io import write_json
+
+    todo = []
+    for recipe in dict.fromkeys(t[0] for t in tasks):
+        prompts = list(dict.fromkeys(t[1] for t in tasks if t[0] == recipe))
+        seeds = max(t[2] for t in tasks) + 1
+        common = {"recipe": recipe, "threads": str(threads), **parse_overrides(EXPORT + OVERRIDES),
+                  **({"steps": str(steps)} if steps else {})}
+        for job in make_jobs([(i + 1, p, {}) for i, p in enumerate(prompts)], common, seeds, out):
+            stored = _read_json(job.run_dir / RUN_FILE)
+            if stored and stored.get("settings") == _settings(steps) and not fresh:
+                continue  # a finished run of these settings: run_all reuses it
+            if job.run_dir.exists():
+                shutil.rmtree(job.run_dir)  # refit from nothing, as the subprocess engine does
+            todo.append(job)
+    if not todo:
+        return 0
+    require_ray()
+
+    def finished(job, row: dict) -> None:
+        record = read_record(job.run_dir)
+        if row["status"] == "done" and record.get("fit_s") is not None:
+            write_json(job.run_dir / RUN_FILE, {"settings": _settings(steps), "fit_s": record["fit_s"],
+                                                "eval_s": record.get("eval_s"), "engine": "ray",
+                                                "total_s": round(record["fit_s"] + (record.get("eval_s") or 0), 1)})
+        print(f"[ray] {job.recipe} / {job.prompt} / seed {job.seed}: {row['status']}"
+              + (f" ({row.get('error')})" if row.get("error") else ""), flush=True)
+
+    run_jobs(todo, EngineSettings(workers=jobs, threads=threads, address=address), finished,
+             log=lambda line: print(line, flush=True), progress=False)
+    return len(todo)
 
 
 def _read_json(path: Path) -> Optional[dict]:
@@ -709,6 +756,11 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [(recipe, prompt, seed) for recipe in recipes for prompt in prompts for seed in range(seeds)]
     print(f"benchmark: {len(tasks)} runs ({len(recipes)} recipes x {len(prompts)} prompts x {seeds} seeds), "
           f"{jobs} at once, {args.threads} thread(s) each -> {out}", flush=True)
+    if args.engine == "ray":
+        if REFIT:
+            raise SystemExit("benchmark: --refit runs with --engine processes only")
+        fit_on_ray(tasks, steps, out, jobs, args.threads, fresh, args.address)
+        fresh = False  # run_all reads what the Ray engine fitted
     rows = run_all(tasks, steps, out, jobs, args.threads, fresh)
     wall = time.perf_counter() - start
     resumed = sum(bool(r.get("resumed")) for r in rows)

@@ -193,3 +193,30 @@ def test_ctrl_c_stops_the_batch_and_the_same_command_finishes_it(latent_prior_di
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "done" and summary["stages"]["coarse"]["completed_steps"] == 400
     assert "(resuming)" in (run / "batch.log").read_text()
+
+
+def test_the_benchmark_fits_through_the_batch_engine(ray_runtime, latent_prior_dir, tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("the Ray engine started a subprocess fit or eval")
+
+    monkeypatch.setattr(benchmark, "_run", no_subprocess)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\n")
+    out = tmp_path / "bench"
+    sets = [x for item in [f"prior={latent_prior_dir}", *SMALL[1:]] for x in ("--set", item)]
+    code = benchmark.main(["--prompts", str(prompts), "--seeds", "1", "--recipes", "dreamfusion", "--engine", "ray",
+                           "--jobs", "2", "--out", str(out), "--no-sheet", *sets])
+    assert code == 0
+    rows = json.loads((out / "benchmark.json").read_text())["runs"]
+    assert [r["prompt"] for r in rows] == ["a red cube", "a blue sphere"]
+    for r in rows:
+        assert r["iou"] is not None and r["fit_s"] > 0 and not r["resumed"] and not r.get("error")
+        run = out / "runs" / "dreamfusion" / f"{r['prompt'].replace(' ', '-')}-s0"
+        assert json.loads((run / "batch.json").read_text())["status"] == "done"
+        assert yaml.safe_load((run / "config.yaml").read_text())["mesh_resolution"] == 32  # the --set reached the fit
