@@ -468,8 +468,7 @@ def fit_on_ray(tasks: list[tuple], steps, out: Path, jobs: int, threads: int, fr
     (RUN_FILE with the worker's fit and eval seconds), so that :func:`run_all` only reads them. Returns how many
     fits ran; a fit that failed is left without RUN_FILE (run_all then tries it as a subprocess and reports it)."""
     from dream3d.batch.engine import EngineSettings, require_ray, run_jobs
-    from dream3d.batch.jobs import make_jobs
-    from dream3d.batch.worker import read_record
+    from dream3d.batch.jobs import make_jobs, read_record
     from dream3d.config import parse_overrides
     from dream3d.io import write_json
 

@@ -66,6 +66,22 @@ def test_prompts_files_are_read_with_one_line_errors(tmp_path):
         run_batch([f"prompts={good}", "name=x"])
 
 
+def test_a_fit_whose_evaluation_was_impossible_counts_as_done(tmp_path):
+    from dream3d.batch.jobs import Job, state, write_record
+
+    run = tmp_path / "run"
+    job = Job(0, "a dragon", 0, {}, run)
+    assert state(job) == "empty"
+    run.mkdir()
+    (run / "config.yaml").write_text("prompt: a dragon\n")
+    (run / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    assert state(job) == "partial"
+    (run / "summary.json").write_text(json.dumps({"status": "done"}))
+    assert state(job) == "fitted"  # only the evaluation is missing: a rerun evaluates it
+    write_record(run, {"status": "done", "eval_error": "a dragon is not in the shape world"})
+    assert state(job) == "done"  # recorded as impossible: a rerun leaves it
+
+
 def test_without_ray_the_command_says_how_to_install_it(tmp_path, latent_prior_dir, monkeypatch, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a red cube\n")

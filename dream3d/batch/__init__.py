@@ -26,7 +26,7 @@ def run_batch(args: list[str], progress: bool = True, log: Callable[[str], None]
     ConfigError (one line) on bad input before anything runs; BatchError when Ray is missing or unreachable;
     BatchInterrupted after Ctrl-C (results written first)."""
     from dream3d.batch.engine import EngineSettings, require_ray, run_jobs
-    from dream3d.batch.jobs import make_jobs, read_prompts, state
+    from dream3d.batch.jobs import OWNED, make_jobs, read_prompts, state
     from dream3d.batch.results import make_row, write_results
     from dream3d.config import ConfigError, parse_overrides, typed_values
     from dream3d.rundir import check_writable
@@ -41,7 +41,7 @@ def run_batch(args: list[str], progress: bool = True, log: Callable[[str], None]
             raise ConfigError(f"{key}: expected an integer >= {low}, got {values[key]}")
     if not 0 < values["gpus"] <= 64:
         raise ConfigError(f"gpus: expected GPUs per fit > 0 (e.g. 1 or 0.5), got {values['gpus']}")
-    for owned in ("prompt", "seed", "name", "output_dir", "resume"):
+    for owned in OWNED:
         if owned in common:
             raise ConfigError(f"{owned}: set by the batch for each fit (prompts=<file>, seeds=N, out=<folder>)")
     common.setdefault("threads", str(values["threads"]))

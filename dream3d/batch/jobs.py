@@ -9,12 +9,13 @@ batch owns (a line cannot move its run folder). The run folder of a job is ``<ou
 
 from __future__ import annotations
 
+import json
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from dream3d.config import ConfigError, load_config, load_stored, parse_overrides, stored_config_error
+from dream3d.config import ConfigError, RunConfig, load_config, load_stored, parse_overrides, stored_config_error
 from dream3d.rundir import RunFolder, slugify
 
 OWNED = ("prompt", "seed", "name", "output_dir", "resume")  # set by the batch, refused on a prompts line
@@ -32,7 +33,6 @@ class Job:
     line: int = 0
     recipe: str = ""
     error: Optional[str] = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -89,7 +89,7 @@ def make_jobs(prompts: list[tuple[int, str, dict[str, str]]], common: dict[str, 
                 job.recipe = cfg.recipe
             except ConfigError as exc:
                 job.error = str(exc)
-                job.recipe = overrides.get("recipe", "") or "magic3d"
+                job.recipe = overrides.get("recipe", "") or RunConfig().recipe
             base = f"{slugify(prompt)}-s{seed}"
             run_dir, k = out / "runs" / slugify(job.recipe) / base, 1
             while run_dir in used:
@@ -115,10 +115,24 @@ def state(job: Job) -> str:
         return "partial"
     if summary.get("status") != "done":
         return "partial"
-    batch = summary.get("batch", {})
-    if folder.eval_path.is_file() or batch.get("eval_error"):
+    if folder.eval_path.is_file() or read_record(job.run_dir).get("eval_error"):
         return "done"
     return "fitted"
+
+
+def read_record(run_dir: Path) -> dict:
+    """The run folder's ``batch.json`` (attempts, worker, status, timings, errors); {} when missing or broken."""
+    try:
+        record = json.loads(RunFolder(run_dir).batch_record_path.read_text())
+        return record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_record(run_dir: Path, record: dict) -> None:
+    from dream3d.io import write_json
+
+    write_json(RunFolder(run_dir).batch_record_path, record)
 
 
 def load_job_config(job: Job, resume: bool):

@@ -16,26 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dream3d.batch.jobs import Job, load_job_config, state
+from dream3d.batch.jobs import Job, load_job_config, read_record, state, write_record
 
 _PRIORS: dict[tuple, Any] = {}  # (path, device, dtype) -> Prior, for the life of the worker process
-
-
-def read_record(run_dir: Path) -> dict:
-    from dream3d.rundir import RunFolder
-
-    try:
-        record = json.loads(RunFolder(run_dir).batch_record_path.read_text())
-        return record if isinstance(record, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def write_record(run_dir: Path, record: dict) -> None:
-    from dream3d.io import write_json
-    from dream3d.rundir import RunFolder
-
-    write_json(RunFolder(run_dir).batch_record_path, record)
 
 
 def _prior(cfg):
