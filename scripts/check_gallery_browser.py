@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import urllib.parse
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,18 +49,9 @@ def sort_problems(sort) -> list[str]:
 
 def check(gallery: Path, out: Path, timeout: float = 60.0, chromium: str = browser_check.DEFAULT_CHROMIUM,
           install: bool = True) -> tuple[dict, list[str]]:
-    folder = gallery.resolve().parent
-    with browser_check.serve(folder) as base:
-        report = browser_check.open_page(base + urllib.parse.quote(gallery.name), out, media._DONE, _RESULT,
-                                         width=1280, height=800, full_page=True, timeout=timeout,
-                                         chromium=chromium, install=install)
-    result = report.get("result") or {}
-    if "videos" not in result:
-        return report, [result.get("error") or "the page did not load"]
-    found = media.problems(report, base) + sort_problems(result.get("sort"))
-    if report.get("timedOut") and not found:
-        found.append(f"the page did not settle within {timeout:g} s")
-    return report, found
+    """The report check (every video decodes) with the sort read by :data:`_RESULT` and checked too."""
+    return media.check(gallery, out, timeout, chromium=chromium, install=install, result_js=_RESULT,
+                       more_problems=lambda result: sort_problems(result.get("sort")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,17 +95,19 @@ def problems(report: dict, base: str) -> list[str]:
 
 
 def check(report_html: Path, out: Path, timeout: float = 60.0, width: int = 1280,
-          chromium: str = browser_check.DEFAULT_CHROMIUM, install: bool = True) -> tuple[dict, list[str]]:
-    """Open the report in headless Chromium -> (the driver's report, the problems found)."""
+          chromium: str = browser_check.DEFAULT_CHROMIUM, install: bool = True, result_js: str = _RESULT,
+          more_problems=lambda result: []) -> tuple[dict, list[str]]:
+    """Open the report in headless Chromium -> (the driver's report, the problems found). A page with more to check
+    (the batch gallery) passes a ``result_js`` that extends :data:`_RESULT` and ``more_problems(result)``."""
     folder = report_html.resolve().parent
     with browser_check.serve(folder) as base:
-        report = browser_check.open_page(base + urllib.parse.quote(report_html.name), out, _DONE, _RESULT,
+        report = browser_check.open_page(base + urllib.parse.quote(report_html.name), out, _DONE, result_js,
                                          width=width, height=800, full_page=True, timeout=timeout,
                                          chromium=chromium, install=install)
     result = report.get("result") or {}
     if "videos" not in result:
         return report, [result.get("error") or "the page did not load"]
-    found = problems(report, base)
+    found = problems(report, base) + more_problems(result)
     if report.get("timedOut") and not found:
         found.append(f"the page did not settle within {timeout:g} s")
     return report, found
