@@ -71,6 +71,9 @@ class RunConfig:
     recipe: str = "magic3d"  # the default since it beat dreamfusion at a third of the wall time (docs/benchmarks.md)
     prior: str = DEFAULT_PRIOR
     prior_dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    # beside a camera-conditioned prior: a text prior with the same text encoder and VAE; stages with
+    # guidance.text_prior take the text term from it and only the camera term from the prior (guidance/sds.py)
+    text_prior: str = ""
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     output_dir: str = "outputs"
@@ -100,6 +103,8 @@ KEY_HELP = {
     "recipe": "stage recipe: a name from configs/ or a recipe .yaml file",
     "prior": "diffusers text-to-image folder or hub id",
     "prior_dtype": "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16",
+    "text_prior": "beside a camera prior: a text prior (same text encoder and VAE) for the guidance's text term "
+                  "in stages with guidance.text_prior (its colours; the camera from prior)",
     "seed": "random seed; a run is reproducible from it on the same machine",
     "device": "auto | cpu | cuda",
     "output_dir": "where run folders go: <output_dir>/<recipe>/<name>",
@@ -566,24 +571,24 @@ def _local_prior_folder(prior: str) -> Optional[Path]:
     return None
 
 
-def resolve_prior_path(prior: str) -> str:
-    """A local folder (absolute, relative to the working directory or to the project) or a hub id."""
+def resolve_prior_path(prior: str, key: str = "prior") -> str:
+    """A local folder (absolute, relative to the working directory or to the project) or a hub id; errors name ``key``."""
     candidate = _local_prior_folder(prior)
     if candidate is not None:
         if not (candidate / "model_index.json").is_file() and not (candidate / "unet").is_dir():
-            raise ConfigError(f"prior: folder {candidate} has no model_index.json or unet/ (expected a diffusers pipeline folder)")
+            raise ConfigError(f"{key}: folder {candidate} has no model_index.json or unet/ (expected a diffusers pipeline folder)")
         return str(candidate.resolve())
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", prior) and not prior.startswith((".", "/", "~")):
         owner = prior.split("/")[0]
         if Path(owner).is_dir() or (PROJECT_ROOT / owner).is_dir():  # 'assets/shapewrold': a mistyped local path
-            raise ConfigError(f"prior: folder '{prior}' not found (expected a diffusers pipeline folder)")
-        _check_hub_prior(prior)
+            raise ConfigError(f"{key}: folder '{prior}' not found (expected a diffusers pipeline folder)")
+        _check_hub_prior(prior, key)
         return prior  # a hub id; from_pretrained resolves it (cache or download)
     hint = " (the shape-world prior is not shipped yet: pass prior=<diffusers folder or hub id>)" if prior == DEFAULT_PRIOR else ""
-    raise ConfigError(f"prior: folder '{prior}' not found; expected a diffusers pipeline folder or a hub id like stabilityai/stable-diffusion-2-1-base{hint}")
+    raise ConfigError(f"{key}: folder '{prior}' not found; expected a diffusers pipeline folder or a hub id like stabilityai/stable-diffusion-2-1-base{hint}")
 
 
-def _check_hub_prior(repo: str) -> None:
+def _check_hub_prior(repo: str, key: str = "prior") -> None:
     """A hub id must be in the local Hugging Face cache or reachable: asked once, here, rather than by every
     component's ``from_pretrained`` with its retries."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -594,7 +599,7 @@ def _check_hub_prior(repo: str) -> None:
         hf_hub_download(repo, "model_index.json")
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"prior: '{repo}' is not a local folder, not in the Hugging Face cache, and could not be "
+        raise ConfigError(f"{key}: '{repo}' is not a local folder, not in the Hugging Face cache, and could not be "
                           f"fetched ({reason[:160]})") from None
 
 
@@ -732,6 +737,11 @@ def validate(cfg: RunConfig) -> None:
         _check_schedule(f"{p}.guidance.grad_clip", g.grad_clip, allow_none=True)
         if g.guidance_scale < 0:
             raise ConfigError(f"{p}.guidance.guidance_scale: expected a number >= 0, got {g.guidance_scale}")
+        if g.camera_scale is not None and g.camera_scale < 0:
+            raise ConfigError(f"{p}.guidance.camera_scale: expected a number >= 0 or null, got {g.camera_scale}")
+        if g.text_prior and not cfg.text_prior:
+            raise ConfigError(f"{p}.guidance.text_prior: true needs the run's text_prior (a text prior folder beside "
+                              "the camera prior), which is not set")
         o = st.optim
         for key in ("lr_encoding", "lr_network", "lr_background", "lr_sdf", "lr_deformation"):
             if getattr(o, key) < 0:
@@ -747,6 +757,8 @@ def validate(cfg: RunConfig) -> None:
         for f in dataclasses.fields(LossConfig):
             _check_schedule(f"{p}.loss.{f.name}", getattr(st.loss, f.name))
     cfg.prior = resolve_prior_path(cfg.prior)
+    if cfg.text_prior:
+        cfg.text_prior = resolve_prior_path(cfg.text_prior, "text_prior")
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -62,7 +62,7 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
     t0 = time.perf_counter()
     if prior is None:
         fault_point("prior")
-        prior = load_prior(cfg.prior, device, cfg.prior_dtype)
+        prior = load_prior(cfg.prior, device, cfg.prior_dtype, cfg.text_prior)
     prior_s = round(time.perf_counter() - t0, 2)
     folder = RunFolder(run_dir)
     with folder.lock():

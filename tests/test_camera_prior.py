@@ -229,3 +229,80 @@ def test_prior_sample_command_takes_a_camera(camera_prior_dir, latent_prior_dir,
     assert cli.main([*args, f"prior={latent_prior_dir}", f"out={tmp_path / 'x.png'}", "azimuth=90"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "takes no camera" in err[0] and not (tmp_path / "x.png").exists()
+
+
+@pytest.fixture(scope="module")
+def other_unet_prior(latent_prior_dir, tmp_path_factory):
+    """The tiny text prior with another UNet (same tokenizer, text encoder and VAE as the tiny camera prior)."""
+    from tiny_prior import build_tiny_prior
+
+    root = tmp_path_factory.mktemp("text-prior")
+    other = build_tiny_prior(root / "seed1", latent=True, seed=1)
+    folder = root / "text"
+    shutil.copytree(latent_prior_dir, folder)
+    shutil.rmtree(folder / "unet")
+    shutil.copytree(other / "unet", folder / "unet")
+    return folder, other
+
+
+def test_a_text_prior_gives_the_text_term_and_the_camera_prior_only_the_camera(camera_prior_dir, other_unet_prior):
+    folder, _ = other_unet_prior
+    prior = load_prior(str(camera_prior_dir), text_prior=str(folder))
+    text = load_prior(str(folder))
+    gen = torch.Generator().manual_seed(0)
+    size = prior.image_size // prior.vae_scale_factor
+    z_t, t = torch.randn(2, 4, size, size, generator=gen), torch.tensor([300, 700])
+    cond, uncond = PromptEmbeddings(prior, "a red cube", view_dependent=False)(["front", "front"])
+    c2w = cams([0.0, 180.0]).c2w
+    with torch.no_grad():
+        e_t0, e_ty = (text.unet(z_t, t, encoder_hidden_states=x).sample for x in (uncond, cond))
+        e_yc = prior.unet(z_t, t, encoder_hidden_states=prior.condition(cond, c2w)).sample
+        e_y = prior.unet(z_t, t, encoder_hidden_states=cond).sample
+    expected = e_t0 + 7.5 * (e_ty - e_t0) + 3.0 * (e_yc - e_y)
+    got = cfg_noise(prior, z_t, t, cond, uncond, 7.5, c2w, text_prior=True, camera_scale=3.0)
+    assert torch.allclose(got, expected, atol=1e-5)
+    # the camera prior as its own text prior with the camera scaled as the text: exactly camera_cfg
+    itself = dataclasses.replace(prior, text_unet=prior.unet)
+    assert torch.allclose(cfg_noise(itself, z_t, t, cond, uncond, 7.5, c2w, text_prior=True),
+                          cfg_noise(prior, z_t, t, cond, uncond, 7.5, c2w, camera_cfg=True), atol=1e-5)
+    sds = SDSGuidance(GuidanceConfig(name="sds", guidance_scale=7.5, text_prior=True), prior)  # SDS passes it on
+    rgb = torch.rand(2, prior.image_size, prior.image_size, 3, generator=torch.Generator().manual_seed(1))
+    fixed = dict(t=torch.tensor([400, 600]), noise=torch.randn(2, 4, size, size, generator=torch.Generator().manual_seed(2)))
+    a = sds(rgb, cond, uncond, cameras=cams([0.0, 0.0]), **fixed)["sds"]
+    b = SDSGuidance(GuidanceConfig(name="sds", guidance_scale=7.5), prior)(rgb, cond, uncond, cameras=cams([0.0, 0.0]), **fixed)["sds"]
+    assert abs(float(a) - float(b)) > 1e-6
+    loaded = load_prior(str(camera_prior_dir))
+    with pytest.raises(ValueError, match="text_prior"):
+        cfg_noise(loaded, z_t, t, cond, uncond, 7.5, c2w, text_prior=True)
+
+
+def test_a_text_prior_must_read_prompts_and_images_alike(camera_prior_dir, latent_prior_dir, other_unet_prior):
+    from dream3d.prior import PriorError
+
+    _, other = other_unet_prior  # another seed: another text encoder
+    with pytest.raises(PriorError, match=r"^text_prior: text_encoder/ of .* differs from the prior's"):
+        load_prior(str(camera_prior_dir), text_prior=str(other))
+    with pytest.raises(PriorError, match=r"^text_prior: the prior .* is not camera-conditioned"):
+        load_prior(str(latent_prior_dir), text_prior=str(latent_prior_dir))
+    from dream3d.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^stages.coarse.guidance.text_prior: true needs the run's text_prior"):
+        load_config(["prompt=a mug", "recipe=mvdream", "stages.coarse.guidance.text_prior=true"])
+
+
+def test_a_fit_with_a_text_prior_beside_the_camera_prior(camera_prior_dir, other_unet_prior, tmp_path):
+    from test_mesh_stages import tiny
+
+    from dream3d.run import fit
+
+    folder, _ = other_unet_prior
+    cfg = load_config(["prompt=a red cube", f"prior={camera_prior_dir}", f"text_prior={folder}", "recipe=mvdream",
+                       "stages.coarse.steps=3", "stages.fine.steps=2", "stages.coarse.guidance.text_prior=true",
+                       "stages.fine.guidance.text_prior=true", "video_views=0",
+                       *tiny(["coarse", "fine"], fine__dmtet__resolution=16, fine__mesh__init_fit_steps=3,
+                             fine__mesh__texture_fit_steps=3)])
+    summary = fit(cfg, tmp_path / "run", show_progress=False)
+    assert summary["status"] == "done"
+    from dream3d.rundir import RunFolder
+
+    assert RunFolder(tmp_path / "run").read_config().text_prior == str(folder)  # a resumed run loads it again

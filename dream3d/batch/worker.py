@@ -18,7 +18,7 @@ from typing import Any
 
 from dream3d.batch.jobs import Job, load_job_config, read_record, state, write_record
 
-_PRIORS: dict[tuple, Any] = {}  # (path, device, dtype) -> Prior, for the life of the worker process
+_PRIORS: dict[tuple, Any] = {}  # (path, device, dtype, text prior) -> Prior, for the life of the worker process
 
 
 def _prior(cfg):
@@ -26,9 +26,9 @@ def _prior(cfg):
     from dream3d.run import pick_device
 
     device = pick_device(cfg.device)
-    key = (str(cfg.prior), str(device), cfg.prior_dtype)
+    key = (str(cfg.prior), str(device), cfg.prior_dtype, cfg.text_prior)
     if key not in _PRIORS:
-        _PRIORS[key] = load_prior(cfg.prior, device, cfg.prior_dtype)
+        _PRIORS[key] = load_prior(cfg.prior, device, cfg.prior_dtype, cfg.text_prior)
     return _PRIORS[key]
 
 

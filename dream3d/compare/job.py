@@ -80,7 +80,7 @@ def fit_pair(values: dict, out: Path, log: Callable[[str], None] = print, show_p
             log(f"compare: {kind} run {run_dir} is already done")
             continue
         if prior is None:
-            prior = load_prior(cfg.prior, pick_device(cfg.device), cfg.prior_dtype)
+            prior = load_prior(cfg.prior, pick_device(cfg.device), cfg.prior_dtype, cfg.text_prior)
         stage = list(cfg.stages.values())[-1]
         log(f"compare: fitting {kind} ({cfg.recipe}, guidance scale {stage.guidance.guidance_scale:g}, "
             f"{cfg.particles} particle(s), {sum(s.steps for s in cfg.stages.values())} steps) into {run_dir}")

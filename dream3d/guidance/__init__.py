@@ -24,6 +24,11 @@ class GuidanceConfig:
     # (the scale then amplifies the text only); true leaves the unconditional term without one, so the scale
     # amplifies the camera too (the prior's own samples show the asked view more often: docs/quality.md, round 7)
     camera_cfg: bool = False
+    # with a run's text_prior (beside a camera-conditioned prior): the text term from the text prior, the camera
+    # term from the camera prior, eps = eps_t(0) + s (eps_t(y) - eps_t(0)) + s_c (eps(y, c) - eps(y)) with
+    # s_c = camera_scale (null: the guidance scale); four UNet calls instead of two (guidance/sds.py cfg_noise)
+    text_prior: bool = False
+    camera_scale: Optional[float] = None
     # VSD only (guidance/vsd.py): the LoRA model of the particles' render distribution
     lora_rank: int = 4  # rank of the adapters on the UNet's attention projections
     lora_alpha: Optional[float] = None  # LoRA scale alpha / rank; null: alpha = rank

@@ -57,13 +57,32 @@ def predicted_noise(prior, z_t: Tensor, t: Tensor, eps_or_v: Tensor) -> Tensor:
 
 
 def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
-              c2w: Optional[Tensor] = None, camera_cfg: bool = False) -> Tensor:
+              c2w: Optional[Tensor] = None, camera_cfg: bool = False, text_prior: bool = False,
+              camera_scale: Optional[float] = None) -> Tensor:
     """Classifier-free guided noise prediction ε̂ = ε(∅, c) + s (ε(y, c) - ε(∅, c)); one batched UNet call.
 
     A camera-conditioned prior (``prior.takes_camera``) is told the renders' cameras c2w [B,4,4] in both terms,
     as MVDream does (the guidance is over the text only), or with ``camera_cfg`` only in the conditional one:
-    ε̂ = ε(∅) + s (ε(y, c) - ε(∅)), the guidance over text and camera together; a text-only prior ignores them."""
+    ε̂ = ε(∅) + s (ε(y, c) - ε(∅)), the guidance over text and camera together; a text-only prior ignores them.
+
+    ``text_prior`` (a camera prior loaded with a run's ``text_prior``, :func:`dream3d.prior.loader.with_text_prior`):
+    the text term from the text prior's UNet ε_t, only the camera term from the camera prior's ε:
+    ε̂ = ε_t(∅) + s (ε_t(y) - ε_t(∅)) + s_c (ε(y, c) - ε(y)), s_c = ``camera_scale`` (None: s). The camera prior's
+    fine-tuning moved its colours (docs/quality.md, round 8); the text prior keeps them. With ε_t = ε and s_c = s
+    this is the ``camera_cfg`` form. Two batched UNet calls (four terms)."""
     B = z_t.shape[0]
+    if text_prior and c2w is not None:
+        if prior.text_unet is None:
+            raise ValueError("guidance.text_prior: the prior was loaded without a text prior (set the run's text_prior)")
+        x, tt = torch.cat([z_t, z_t]).to(prior.dtype), torch.cat([t, t])
+        with torch.no_grad():
+            text = prior.text_unet(x, tt, encoder_hidden_states=torch.cat([uncond, cond]).to(prior.dtype)).sample
+            context = torch.cat([prior.condition(cond, c2w), prior.condition(cond, c2w, torch.zeros(B))])
+            cam = prior.unet(x, tt, encoder_hidden_states=context).sample
+            eps_t = predicted_noise(prior, x, tt, text.float())
+            eps_c = predicted_noise(prior, x, tt, cam.float())
+        s_c = scale if camera_scale is None else camera_scale
+        return eps_t[:B] + scale * (eps_t[B:] - eps_t[:B]) + s_c * (eps_c[:B] - eps_c[B:])
     off = torch.zeros(B) if camera_cfg and c2w is not None else None  # the unconditional term: no camera
     cond, uncond = prior.condition(cond, c2w), prior.condition(uncond, c2w, off)
     with torch.no_grad():
@@ -190,7 +209,8 @@ class SDSGuidance:
             z = to_model_space(prior, rgb, generator, latents)
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
         c2w = cameras.c2w.to(z.device) if cameras is not None else None
-        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale, c2w, self.cfg.camera_cfg)
+        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale, c2w, self.cfg.camera_cfg,
+                            self.cfg.text_prior, self.cfg.camera_scale)
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
         w = weighting(self.cfg.weighting, abar)
         if in_image:

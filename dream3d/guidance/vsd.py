@@ -176,7 +176,8 @@ class VSDGuidance(nn.Module):
         B = z.shape[0]
         c2w = cameras.c2w.to(z.device)
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
-        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, cfg.guidance_scale, c2w, cfg.camera_cfg)
+        eps_hat = cfg_noise(prior, z_t, t, cond, uncond, cfg.guidance_scale, c2w, cfg.camera_cfg, cfg.text_prior,
+                            cfg.camera_scale)
         with torch.no_grad():  # over a camera-conditioned prior the LoRA model is told the camera the same way too
             eps_psi = self.estimate(z_t, t, prior.condition(cond, c2w), CameraEmbedding.labels(c2w))
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)

@@ -38,6 +38,10 @@ class Prior:
     device: torch.device
     dtype: torch.dtype
     camera_encoder: Optional[Any] = None  # dream3d.prior.camera.CameraTokens of a camera-conditioned prior
+    # the UNet of a run's text_prior (:func:`with_text_prior`): a text-only prior with the same text encoder and
+    # VAE, whose text term the guidance can take instead of this (camera) prior's own (guidance/sds.py cfg_noise)
+    text_unet: Optional[Any] = None
+    text_path: str = ""
 
     @property
     def is_latent(self) -> bool:
@@ -136,8 +140,12 @@ def _has_component(path: str, name: str) -> bool:
     return bool(entry) and entry[0] is not None
 
 
-def load_prior(path: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto") -> Prior:
-    """Load and freeze the prior at ``path`` (folder or hub id) on ``device``."""
+def load_prior(path: str, device: str | torch.device = "cpu", dtype: str | torch.dtype = "auto",
+               text_prior: str = "") -> Prior:
+    """Load and freeze the prior at ``path`` (folder or hub id) on ``device``; with ``text_prior`` (a run's key of that
+    name) also that prior's UNet beside it (:func:`with_text_prior`)."""
+    if text_prior:
+        return with_text_prior(load_prior(path, device, dtype), text_prior)
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
 
@@ -179,3 +187,33 @@ def load_prior(path: str, device: str | torch.device = "cpu", dtype: str | torch
             module.eval()
             module.to(device)
     return Prior(unet, text_encoder, tokenizer, scheduler, vae, str(path), device, torch_dtype, camera)
+
+
+def _same_weights(a: Any, b: Any) -> bool:
+    """Whether two modules (or both None) hold equal tensors under equal names."""
+    if a is None or b is None:
+        return a is None and b is None
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def with_text_prior(prior: Prior, path: str) -> Prior:
+    """``prior`` (camera-conditioned) with the UNet of the text prior at ``path`` beside it: the guidance can then take
+    the text term from the text prior and only the camera term from ``prior`` (``guidance.text_prior``). Both must
+    read text and images alike: the same tokenizer output, text encoder and VAE weights (a one-line PriorError
+    otherwise). ``prior`` itself is not changed (a loaded prior can be shared by several runs)."""
+    from dataclasses import replace
+
+    if not prior.takes_camera:
+        raise PriorError(f"text_prior: the prior '{prior.path}' is not camera-conditioned (no {CAMERA_FOLDER}/); a text "
+                         "prior beside it is only used for the camera term's text (set prior to a camera prior)")
+    text = load_prior(path, prior.device, prior.dtype)
+    probe = "a red cube"
+    same_tokens = torch.equal(text.tokenizer([probe], return_tensors="pt").input_ids,
+                              prior.tokenizer([probe], return_tensors="pt").input_ids)
+    for name, ok in (("tokenizer", same_tokens), ("text_encoder", _same_weights(text.text_encoder, prior.text_encoder)),
+                     ("vae", _same_weights(text.vae, prior.vae))):
+        if not ok:
+            raise PriorError(f"text_prior: {name}/ of '{path}' differs from the prior's ('{prior.path}'); the text "
+                             "prior must read prompts and images exactly as the camera prior does")
+    return replace(prior, text_unet=text.unet, text_path=str(path))
