@@ -29,6 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--prior", default=str(ROOT / "assets/priors/shapeworld"))
     ap.add_argument("--classifier", default=None, help="default: <prior>/classifier")
+    ap.add_argument("--text-prior", default="", help="beside a camera prior: a text prior for the text term (the "
+                    "run key text_prior); its figures are printed, not written (implies --no-write)")
     ap.add_argument("--n", type=int, default=16, help="samples per caption")
     ap.add_argument("--views", type=int, default=4, help="samples per object with a front and view prompt (0: skip)")
     ap.add_argument("--steps", type=int, default=20)
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from dream3d.shapeworld.evaluate import evaluate_prior, markdown_tables, summary_json, time_one_image
 
     prior_dir = Path(args.prior)
-    prior = load_prior(str(prior_dir))
+    prior = load_prior(str(prior_dir), text_prior=args.text_prior)
     classifier = load_classifier(args.classifier or prior_dir / "classifier")
     start = time.perf_counter()
     seconds = time_one_image(prior, args.steps, args.sampler)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["minutes"] = round((time.perf_counter() - start) / 60, 1)
     tables = markdown_tables(result)
     print(tables)
-    if not args.no_write:
+    if not args.no_write and not args.text_prior:
         out = prior_dir / "evaluation.json"
         tmp = out.with_name(".evaluation.json.tmp")
         tmp.write_text(json.dumps(summary, indent=2) + "\n")
@@ -82,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out} and {prior_dir / 'samples.png'}; model card "
               + ("updated" if update_card(card, tables) else f"not updated (no {card} with the markers)"))
     o = result["overall"]
-    print(f"recognised {o['recognised']:.3f} of {o['samples']} samples; {summary['minutes']} min")
+    print(f"recognised {o['recognised']:.3f} of {o['samples']} samples"
+          + (f", {o['recognised_with_cameras']:.3f} with random cameras" if "recognised_with_cameras" in o else "")
+          + (f"; the asked view by camera {result['camera_views']['accuracy']:.3f}" if result["camera_views"] else "")
+          + f"; {summary['minutes']} min")
     return 0
 
 

@@ -306,3 +306,16 @@ def test_a_fit_with_a_text_prior_beside_the_camera_prior(camera_prior_dir, other
     from dream3d.rundir import RunFolder
 
     assert RunFolder(tmp_path / "run").read_config().text_prior == str(folder)  # a resumed run loads it again
+
+
+def test_sampling_with_a_text_prior_takes_its_text_term(camera_prior_dir, other_unet_prior):
+    folder, _ = other_unet_prior
+    split = load_prior(str(camera_prior_dir), text_prior=str(folder))
+    c2w = cams([0.0, 180.0]).c2w
+    assert torch.equal(sample(split, "a red cube", 2, steps=3), sample(str(folder), "a red cube", 2, steps=3))
+    with_camera = sample(split, "a red cube", 2, steps=3, c2w=c2w)
+    assert (with_camera - sample(split, "a red cube", 2, steps=3)).abs().max() > 1e-3  # the camera term acts
+    # the camera prior as its own text prior: exactly its camera_cfg samples
+    itself = dataclasses.replace(split, text_unet=split.unet)
+    assert torch.allclose(sample(itself, "a red cube", 2, steps=3, c2w=c2w),
+                          sample(load_prior(str(camera_prior_dir)), "a red cube", 2, steps=3, c2w=c2w), atol=1e-4)

@@ -71,18 +71,21 @@ def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale
     fine-tuning moved its colours (docs/quality.md, round 8); the text prior keeps them. With ε_t = ε and s_c = s
     this is the ``camera_cfg`` form. Two batched UNet calls (four terms)."""
     B = z_t.shape[0]
-    if text_prior and c2w is not None:
+    if text_prior:
         if prior.text_unet is None:
             raise ValueError("guidance.text_prior: the prior was loaded without a text prior (set the run's text_prior)")
         x, tt = torch.cat([z_t, z_t]).to(prior.dtype), torch.cat([t, t])
         with torch.no_grad():
             text = prior.text_unet(x, tt, encoder_hidden_states=torch.cat([uncond, cond]).to(prior.dtype)).sample
+            eps_t = predicted_noise(prior, x, tt, text.float())
+            guided = eps_t[:B] + scale * (eps_t[B:] - eps_t[:B])
+            if c2w is None:  # no camera: the text prior alone
+                return guided
             context = torch.cat([prior.condition(cond, c2w), prior.condition(cond, c2w, torch.zeros(B))])
             cam = prior.unet(x, tt, encoder_hidden_states=context).sample
-            eps_t = predicted_noise(prior, x, tt, text.float())
             eps_c = predicted_noise(prior, x, tt, cam.float())
         s_c = scale if camera_scale is None else camera_scale
-        return eps_t[:B] + scale * (eps_t[B:] - eps_t[:B]) + s_c * (eps_c[:B] - eps_c[B:])
+        return guided + s_c * (eps_c[:B] - eps_c[B:])
     off = torch.zeros(B) if camera_cfg and c2w is not None else None  # the unconditional term: no camera
     cond, uncond = prior.condition(cond, c2w), prior.condition(uncond, c2w, off)
     with torch.no_grad():

@@ -50,7 +50,9 @@ def sample(
     are the cameras a camera-conditioned prior draws from (none: no camera tokens, a text prior); a text-only
     prior refuses them. ``camera_cfg``: the unconditional term of classifier-free guidance has no camera, so the
     guidance scale amplifies the camera as well as the text (false: both terms told the camera, as MVDream does;
-    the asked view is drawn less often, docs/quality.md round 7).
+    the asked view is drawn less often, docs/quality.md round 7). A camera prior loaded with a text prior
+    (``load_prior(..., text_prior=)``) samples with the text prior's UNet, plus the camera term
+    ``guidance (eps(y, c) - eps(y))`` of the camera prior when ``c2w`` is given (``camera_cfg`` does not apply).
     """
     if n < 1 or steps < 1:
         raise ValueError(f"sample needs n >= 1 and steps >= 1, got n={n}, steps={steps}")
@@ -69,6 +71,7 @@ def sample(
         text = torch.cat([prior.encode_text([negative_prompt]).expand(n, -1, -1), cond])
     else:
         text = cond
+    plain = text  # without cameras
     if c2w is not None:
         if not prior.takes_camera:
             raise ValueError(f"sample: the prior {prior.path} takes no camera")
@@ -78,6 +81,12 @@ def sample(
             raise ValueError(f"sample: {c2w.shape[0]} cameras for {n} images")
         keep = torch.cat([torch.full((n,), 0.0 if camera_cfg else 1.0), torch.ones(n)]) if guided else None
         text = prior.condition(text, torch.cat([c2w, c2w]) if guided else c2w, keep)
+    split = prior.text_unet is not None  # a camera prior with a text prior beside it (loader.with_text_prior)
+    if split:
+        unet, text = prior.text_unet, plain  # the text term (and, without a camera, everything)
+        if c2w is not None:  # the camera term: eps(y, c) - eps(y), scaled as the text
+            camera_text = prior.condition(torch.cat([cond, cond]), torch.cat([c2w, c2w]),
+                                          torch.cat([torch.ones(n), torch.zeros(n)]))
     for t in scheduler.timesteps:
         inp = torch.cat([x, x]) if guided else x
         inp = scheduler.scale_model_input(inp, t)
@@ -85,6 +94,10 @@ def sample(
         if guided:
             eps_uncond, eps_cond = eps.chunk(2)
             eps = eps_uncond + guidance * (eps_cond - eps_uncond)
+        if split and c2w is not None:
+            one = scheduler.scale_model_input(x, t)
+            with_camera, without = prior.unet(torch.cat([one, one]), t, encoder_hidden_states=camera_text).sample.chunk(2)
+            eps = eps + guidance * (with_camera - without)
         x = scheduler.step(eps, t, x, generator=gen).prev_sample
     return prior.decode(x).permute(0, 2, 3, 1).float().cpu()
 

@@ -69,6 +69,16 @@ def evaluate_prior(
                    captions_below_90=[r["caption"] for r in rows if r["recognised"] < 0.9])
     result = {"rows": rows, "overall": overall, "views": None, "camera_views": None, "first": torch.stack(first),
               "settings": {"n": n, "steps": steps, "guidance": guidance, "sampler": sampler, "seed": seed}}
+    if prior.takes_camera:  # what a 3D fit asks: every caption from the stages' random cameras
+        from dream3d.cameras import CameraConfig, sample_cameras
+
+        hits = 0
+        for i, caption in enumerate(captions):
+            c2w = sample_cameras(CameraConfig(), torch.Generator().manual_seed(seed + i), n).c2w
+            out = classifier.classify(sample(prior, caption, n, steps, guidance, sampler, seed + i, c2w=c2w))
+            hits += sum(c == caption for c in out["captions"])
+        overall["recognised_with_cameras"] = hits / total
+        log(f"recognised with random cameras {hits / total:.3f}")
     if views > 0:
         chosen = [by_caption[c] for c in captions]
         result["views"] = evaluate_views(prior, classifier, chosen, views, steps, guidance, sampler, seed, log)
@@ -144,7 +154,9 @@ def markdown_tables(result: dict) -> str:
         f"{o['samples']} samples: {s['n']} per caption, {s['steps']} {s['sampler']} steps, guidance {s['guidance']}, "
         f"seeds {s['seed']}+caption index. **Recognised (object and colour right): {o['recognised']:.1%}**; "
         f"object right {o['object']:.1%}; colour right {o['colour']:.1%}. Captions under 90%: "
-        f"{', '.join(o['captions_below_90']) or 'none'}.",
+        f"{', '.join(o['captions_below_90']) or 'none'}."
+        + (f" With random cameras of the 3D stages (a camera prior): recognised {o['recognised_with_cameras']:.1%}."
+           if "recognised_with_cameras" in o else ""),
         "",
         "| caption | recognised | object | colour | most frequent mistake |",
         "|---|---:|---:|---:|---|",
