@@ -712,7 +712,9 @@ def validate(cfg: RunConfig) -> None:
                 raise ConfigError(f"{p}.camera.{key}: expected a positive integer, got {getattr(c, key)}")
         r = st.renderer
         _choice(f"{p}.renderer.backend", r.backend,
-                ["auto", "torch", "nvdiffrast"] if st.system in mesh_systems() else ["auto", "torch"])
+                ["auto", "torch", "nvdiffrast"] if st.system in mesh_systems() else ["auto", "torch", "nerfacc"])
+        if r.backend == "nerfacc":
+            _check_nerfacc(f"{p}.renderer.backend", cfg.device)
         _choice(f"{p}.renderer.background", r.background, ["mlp", "solid", "random"])
         if r.num_samples <= 0:
             raise ConfigError(f"{p}.renderer.num_samples: expected a positive integer, got {r.num_samples}")
@@ -747,6 +749,20 @@ def validate(cfg: RunConfig) -> None:
         for f in dataclasses.fields(LossConfig):
             _check_schedule(f"{p}.loss.{f.name}", getattr(st.loss, f.name))
     cfg.prior = resolve_prior_path(cfg.prior)
+
+
+def _check_nerfacc(key: str, device: str) -> None:
+    """``renderer.backend=nerfacc`` runs only on CUDA with nerfacc installed: say so before any work."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError(f"{key}: nerfacc needs a CUDA device (device={device}, CUDA available: "
+                          f"{torch.cuda.is_available()}); expected auto or torch here")
+    try:
+        import nerfacc  # noqa: F401
+    except Exception:
+        raise ConfigError(f"{key}: nerfacc does not import; install it with pip install 'nerfacc>=0.5' "
+                          f"(or 'dream3d[cuda]'), or expected auto or torch") from None
 
 
 def to_yaml(cfg: RunConfig) -> str:
