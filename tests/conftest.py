@@ -33,6 +33,9 @@ def device() -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         pytest.fail("DREAM3D_TEST_DEVICE=cuda: no CUDA device is available here (torch.cuda.is_available() is False);"
                     " unset it or set it to cpu", pytrace=False)
+    if name == "cuda":  # the tests compare with closed forms and CPU references: full fp32, not TF32 convolutions
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     return torch.device(name)
 
 
