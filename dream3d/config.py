@@ -71,6 +71,7 @@ class RunConfig:
     recipe: str = "magic3d"  # the default since it beat dreamfusion at a third of the wall time (docs/benchmarks.md)
     prior: str = DEFAULT_PRIOR
     prior_dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    attention_slicing: bool = False  # the prior's UNet attention in slices, its VAE a sample at a time (less memory)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     output_dir: str = "outputs"
@@ -100,6 +101,8 @@ KEY_HELP = {
     "recipe": "stage recipe: a name from configs/ or a recipe .yaml file",
     "prior": "diffusers text-to-image folder or hub id",
     "prior_dtype": "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16",
+    "attention_slicing": "compute the prior's UNet attention in slices and its VAE a sample at a time: less GPU "
+                         "memory (a Stable Diffusion recipe on an 8 GB card), a little slower",
     "seed": "random seed; a run is reproducible from it on the same machine",
     "device": "auto | cpu | cuda",
     "output_dir": "where run folders go: <output_dir>/<recipe>/<name>",
