@@ -26,6 +26,17 @@ def requested_device() -> str:
     return name
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs on DREAM3D_TEST_DEVICE (scripts/device_check.sh runs -m device)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that takes ``device`` is marked ``device``, so ``-m device`` selects the GPU-relevant tests."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
 @pytest.fixture(scope="session")
 def device() -> torch.device:
     """The device of the device-dependent tests (``DREAM3D_TEST_DEVICE``; cpu unless set to cuda)."""

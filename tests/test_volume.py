@@ -347,6 +347,7 @@ def _nerfacc_why() -> str:
     return volume_nerfacc.why_unavailable() or ""
 
 
+@pytest.mark.device
 @pytest.mark.skipif(bool(_nerfacc_why()), reason=f"nerfacc backend cannot run here: {_nerfacc_why()}")
 @pytest.mark.parametrize("shading", ["albedo", "diffuse"])
 def test_nerfacc_matches_torch_on_cuda(shading):
