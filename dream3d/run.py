@@ -43,6 +43,24 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def peak_gpu_mb(device: torch.device):
+    """The peak of GPU memory allocated by this process's tensors on ``device`` (torch.cuda.max_memory_allocated),
+    in MiB; None on the CPU."""
+    if device.type != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+
+
+def slice_attention(prior) -> None:
+    """``attention_slicing=true``: the UNet's attention in slices (diffusers ``set_attention_slice("auto")``) and the
+    VAE one sample at a time (``enable_slicing``), where the models offer them. Less peak memory, same results."""
+    for unet in (prior.unet, prior.text_unet):
+        if unet is not None and hasattr(unet, "set_attention_slice"):
+            unet.set_attention_slice("auto")
+    if prior.vae is not None and hasattr(prior.vae, "enable_slicing"):
+        prior.vae.enable_slicing()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -59,10 +77,14 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
 
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
+    if device.type == "cuda":  # summary.json's peak_gpu_mb: this process's peak from here on, the prior included
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     if prior is None:
         fault_point("prior")
         prior = load_prior(cfg.prior, device, cfg.prior_dtype, cfg.text_prior)
+        if cfg.attention_slicing:  # only a prior loaded here: one handed in is only read
+            slice_attention(prior)
     prior_s = round(time.perf_counter() - t0, 2)
     folder = RunFolder(run_dir)
     with folder.lock():
@@ -82,6 +104,7 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
             summary["status"] = "exporting" if cfg.export else "done"
             summary["wall_s"] = round(sum(s.get("wall_s", 0.0) for s in summary["stages"].values()), 2)
             summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+            summary["peak_gpu_mb"] = peak_gpu_mb(device)
             folder.write_summary(summary)
             if cfg.export:
                 export_outputs(cfg, folder.path, log=print if show_progress else (lambda _: None))
@@ -102,6 +125,7 @@ def fit(cfg: RunConfig, run_dir: Path, show_progress: bool = True, resume: bool 
                 summary["status"] = "failed"
                 summary["error"] = _first_line(exc)
             summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+            summary["peak_gpu_mb"] = peak_gpu_mb(device)
             folder.write_summary(summary)
             raise
     return folder.read_summary()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-iteration timings of the DreamFusion stage (NeRF + SDS), with the occupancy grid on and off.
 
-    .venv/bin/python scripts/bench.py [--prior PATH] [--iters 10] [--json out.json]
+    .venv/bin/python scripts/bench.py [--prior PATH] [--iters 10] [--json out.json] [--device cuda]
 
 The NeRF is first fitted (supervised, a few seconds) to a converged object, a solid coloured cube of
 side 0.8 inside the unit scene box, so the figures describe a mid-run state rather than the initial blob.
@@ -14,7 +14,12 @@ Two measurements, each with the grid on and off in the same run:
 * ``vsd32`` and ``vsd32 x2`` (grid on only): the same step with VSD (ProlificDreamer), one particle and two
   particles (each a copy of the fitted cube), where guidance also trains the LoRA model.
 
-Prints a table of median milliseconds and peak RSS. Prior: ``assets/priors/shapeworld`` when shipped,
+``--device cuda`` runs it on the GPU (the prior at its default dtype there, fp16) and adds, for each CUDA
+accelerator that can run (nerfacc for the volume renderer, tiny-cuda-nn for the hash grid), the same render64
+and sds32 rows with it on (``... nerfacc``, ``... tcnn``); the plain rows are the pure-torch backends, so the
+on/off ratio comes from one run. Each accelerator row fits its own cube (tcnn's table is laid out differently).
+
+Prints a table of median milliseconds and peak RSS (and peak GPU memory on CUDA). Prior: ``assets/priors/shapeworld`` when shipped,
 else a random diffusers prior built on the spot (``--tiny pixel``: a 32 px pixel-space UNet of about
 1.7M parameters, the size the shape-world prior issue measured; ``--tiny latent``: a 64 px latent prior
 with an f=4 VAE, whose encoder the SDS gradient must also pass through). The table says which it used.
@@ -41,16 +46,23 @@ from dream3d.systems.base import peak_rss_mb, set_threads  # noqa: E402
 from dream3d.systems.nerf import NeRFSystem  # noqa: E402
 
 
+def sync() -> None:
+    """Wait for the GPU (timings on CUDA measure the work, not its launch)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def fit_to_cube(system: NeRFSystem, steps: int = 300) -> None:
     """Supervise density (50 inside a cube of half-size 0.4, 0 outside) and albedo (red) directly."""
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(system.nerf.parameters(), lr=0.01)
+    dev = system.device
     for _ in range(steps):
-        x = torch.rand(8192, 3, generator=gen) * 2 - 1
+        x = (torch.rand(8192, 3, generator=gen) * 2 - 1).to(dev)
         inside = (x.abs() < 0.4).all(dim=-1).float()
         out = system.nerf(x)
         loss = ((out["density"] - 50.0 * inside) ** 2).mean() * 1e-3
-        loss = loss + ((out["albedo"] - torch.tensor([0.8, 0.1, 0.1])) ** 2 * inside[:, None]).mean()
+        loss = loss + ((out["albedo"] - torch.tensor([0.8, 0.1, 0.1], device=dev)) ** 2 * inside[:, None]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -73,10 +85,13 @@ def bench_render64(system: NeRFSystem, iters: int) -> dict[str, float]:
     for i in range(iters + 3):
         gen = torch.Generator().manual_seed(100 + i)
         cams = sample_cameras(cfg, gen)
+        sync()
         t0 = time.perf_counter()
         out = system.render(cams, "diffuse", stratified=True, generator=gen, with_normals=True)
+        sync()
         t1 = time.perf_counter()
         (out["rgb"].mean() + out["orient"]).backward()
+        sync()
         t2 = time.perf_counter()
         system.zero_grad(set_to_none=True)
         if i >= 3:
@@ -97,13 +112,17 @@ def bench_sds32(system: NeRFSystem, iters: int) -> dict[str, float]:
     for i in range(iters + 3):
         system.manual_step = 1000 + i  # past the albedo-only warm-up: mixed shading, normals for orientation
         system.timings = {}
+        sync()
         t0 = time.perf_counter()
         loss = system.training_step(None, i)
+        sync()
         t1 = time.perf_counter()
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         t3 = time.perf_counter()
         if i >= 3:
             rows.append({**system.timings, "backward": (t2 - t1) * 1000, "optimizer": (t3 - t2) * 1000,
@@ -113,13 +132,35 @@ def bench_sds32(system: NeRFSystem, iters: int) -> dict[str, float]:
     return {k: median([r.get(k, 0.0) for r in rows]) for k in keys}
 
 
+def accelerators(device: torch.device) -> list[tuple[str, list[str]]]:
+    """(row label, config overrides) of each CUDA accelerator that can run here, alone and together."""
+    if device.type != "cuda":
+        return []
+    from dream3d.fields.encoding import tcnn_available
+    from dream3d.render import volume_nerfacc
+
+    nerfacc = ["stages.coarse.renderer.backend=nerfacc"] if volume_nerfacc.available() else None
+    tcnn = ["stages.coarse.representation.backend=tcnn"] if tcnn_available() else None
+    rows = [("nerfacc", nerfacc), ("tcnn", tcnn), ("nerfacc+tcnn", (nerfacc + tcnn) if nerfacc and tcnn else None)]
+    for label, overrides in rows:
+        if overrides is None:
+            print(f"bench: {label}: not available here, no row")
+    return [(label, overrides) for label, overrides in rows if overrides is not None]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--prior", default=None, help="diffusers prior folder (default: shipped shape-world, else a tiny random one)")
     ap.add_argument("--tiny", choices=["pixel", "latent"], default="latent", help="random prior kind when none is shipped")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where to run (cuda: also the rows with each CUDA accelerator on)")
     args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench: --device cuda: no CUDA device is available here", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
     set_threads()
     prior_path = args.prior
     if prior_path is None:
@@ -137,15 +178,16 @@ def main() -> int:
         prior_label = f"random {args.tiny} prior ({'32 px' if args.tiny == 'pixel' else '64 px, f=4 VAE'})"
     else:
         prior_label = prior_path
-    prior = load_prior(prior_path)
+    prior = load_prior(prior_path, device)
+    torch_backends = ["stages.coarse.renderer.backend=torch", "stages.coarse.representation.backend=torch"]
     n_params = sum(p.numel() for p in prior.unet.parameters())
     results: dict[str, dict] = {}
     trained = None
     for grid in (True, False):
-        cfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={prior_path}",
-                           f"stages.coarse.renderer.occupancy_grid={grid}"])
+        cfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={prior_path}", f"device={args.device}",
+                           f"stages.coarse.renderer.occupancy_grid={grid}", *torch_backends])
         torch.manual_seed(0)
-        system = NeRFSystem(cfg, "coarse", cfg.stages["coarse"], prior)
+        system = NeRFSystem(cfg, "coarse", cfg.stages["coarse"], prior).to(device)
         if trained is None:
             fit_to_cube(system)
             trained = {k: v.clone() for k, v in system.nerf.state_dict().items()}
@@ -160,13 +202,22 @@ def main() -> int:
         results[f"sds32 {label}"] = bench_sds32(system, args.iters)
         for n in (1, 2) if grid else ():
             vcfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={prior_path}", "guidance=vsd",
-                                f"particles={n}"])
-            vsd = NeRFSystem(vcfg, "coarse", vcfg.stages["coarse"], prior)
+                                f"particles={n}", f"device={args.device}", *torch_backends])
+            vsd = NeRFSystem(vcfg, "coarse", vcfg.stages["coarse"], prior).to(device)
             for particle in vsd.particles:
                 particle.nerf.load_state_dict(trained)
                 particle.renderer.load_state_dict(grid_state)
                 particle.renderer.cfg.grid_update_every = 16
             results["vsd32 grid on" if n == 1 else "vsd32 x2 grid on"] = bench_sds32(vsd, args.iters)
+    for label, overrides in accelerators(device):  # each CUDA accelerator on, the grid on
+        cfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={prior_path}", f"device={args.device}",
+                           *torch_backends, *overrides])
+        torch.manual_seed(0)
+        system = NeRFSystem(cfg, "coarse", cfg.stages["coarse"], prior).to(device)
+        fit_to_cube(system)
+        system.renderer.cfg.grid_update_every = 16
+        results[f"render64 grid on {label}"] = bench_render64(system, args.iters)
+        results[f"sds32 grid on {label}"] = bench_sds32(system, args.iters)
     occupied = float(grid_state["grid.occupied"].float().mean())
     print(f"prior: {prior_label}, UNet {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()};"
           f" occupied cells {occupied:.1%}")
@@ -176,9 +227,13 @@ def main() -> int:
     for name, row in results.items():
         print(f"| {name} | " + " | ".join(f"{row[c]:.1f}" if c in row else "" for c in cols) + " |")
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
+    peak_gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.type == "cuda" else None
+    if peak_gpu is not None:
+        print(f"peak GPU memory: {peak_gpu:.0f} MiB")
     print("targets: render64 grid on total <= 250 ms; sds32 grid on total <= 120 ms (2-core CPU)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"prior": prior_label, "results": results, "peak_rss_mb": peak_rss_mb()}, indent=2))
+        Path(args.json).write_text(json.dumps({"prior": prior_label, "device": args.device, "results": results,
+                                               "peak_rss_mb": peak_rss_mb(), "peak_gpu_mb": peak_gpu}, indent=2))
     return 0
 
 

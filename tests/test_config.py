@@ -45,6 +45,10 @@ def test_shorthands(latent_prior_dir):
         ("export_formats=glb,stl", "export_formats: expected a comma list of glb, obj, ply"),
         ("video_size=8", "video_views / video_size: expected"),
         ("export=perhaps", "export: expected bool"),
+        ("stages.coarse.renderer.backend=nvdiffrast", "stages.coarse.renderer.backend: expected one of auto, torch, "
+                                                      "nerfacc, got 'nvdiffrast'"),
+        pytest.param("stages.coarse.renderer.backend=nerfacc", "stages.coarse.renderer.backend: nerfacc needs a CUDA",
+                     marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")),
         pytest.param("device=cuda", "device: cuda was asked for but no CUDA device",
                      marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a CUDA device is present")),
     ],
@@ -55,6 +59,17 @@ def test_bad_values_raise_one_line(latent_prior_dir, override, needle):
     message = str(info.value)
     assert needle in message
     assert "\n" not in message
+
+
+def test_volume_backend_choices(latent_prior_dir):
+    """torch and auto load anywhere; nerfacc is refused on a CPU run (device=cpu) even where CUDA exists."""
+    for backend in ("auto", "torch"):
+        cfg = load_config(base(latent_prior_dir) + [f"stages.coarse.renderer.backend={backend}"])
+        assert cfg.stages["coarse"].renderer.backend == backend
+    with pytest.raises(ConfigError, match=r"^stages.coarse.renderer.backend: nerfacc needs a CUDA device \(device=cpu"):
+        load_config(base(latent_prior_dir) + ["stages.coarse.renderer.backend=nerfacc", "device=cpu"])
+    with pytest.raises(ConfigError, match="stages.fine.renderer.backend: expected one of auto, torch, nvdiffrast"):
+        load_config(base(latent_prior_dir) + ["recipe=magic3d", "stages.fine.renderer.backend=nerfacc"])
 
 
 def test_bad_dmtet_start_settings_raise_one_line(latent_prior_dir):

@@ -1,4 +1,6 @@
-"""Tests for dream3d.fields: hash-grid encoding (vs a naive reference), gradients, MLP and activations.
+"""Tests for dream3d.fields: hash-grid encoding (vs a naive reference), gradients, MLP and activations. The tests
+that take ``device`` run on ``DREAM3D_TEST_DEVICE`` (tests/conftest.py): on CUDA they are the check of the pure-torch
+hash grid without tiny-cuda-nn.
 
 Run ``python tests/test_fields.py`` for a quick fwd+bwd timing of the default hash grid (65536 points).
 """
@@ -80,10 +82,11 @@ def test_levels_dense_and_hashed():
 
 
 @pytest.mark.parametrize("n_features", [2, 1, 4, 3])
-def test_matches_naive_reference(n_features):
+def test_matches_naive_reference(n_features, device):
     cfg = HashGridConfig(**{**SMALL.__dict__, "n_features_per_level": n_features})
     enc = HashGridEncoding(cfg)
     _randomise(enc)
+    enc.to(device)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(50, 3, generator=g)
     x[0] = 0.0
@@ -91,22 +94,23 @@ def test_matches_naive_reference(n_features):
     x[2] = torch.tensor([0.0, 1.0, 0.5])
     x[3] = torch.tensor([1.0, 0.25, 0.0])
     with torch.no_grad():
-        out = enc(x)
+        out = enc(x.to(device)).cpu()
     assert out.shape == (50, 4 * n_features) and out.dtype == torch.float32
-    ref = naive_hashgrid(x.double().tolist(), [t.detach().double().tolist() for t in enc.tables], cfg)
+    ref = naive_hashgrid(x.double().tolist(), [t.detach().cpu().double().tolist() for t in enc.tables], cfg)
     torch.testing.assert_close(out.double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=1e-5)
 
 
-def test_boundary_points_and_shapes():
+def test_boundary_points_and_shapes(device):
     enc = HashGridEncoding(HashGridConfig(n_levels=6, log2_hashmap_size=10, base_resolution=4, max_resolution=512))
+    enc.to(device)
     corners = torch.tensor(list(itertools.product((0.0, 1.0), repeat=3)))  # [8,3]
-    x = torch.cat([corners, torch.rand(9, 3), torch.tensor([[1.5, -0.2, 1.0]])])  # out-of-cube too
+    x = torch.cat([corners, torch.rand(9, 3), torch.tensor([[1.5, -0.2, 1.0]])]).to(device)  # out-of-cube too
     out = enc(x)
     assert out.shape == (18, 12) and torch.isfinite(out).all()
     # outside the cube is clamped onto the boundary
-    torch.testing.assert_close(out[-1], enc(torch.tensor([[1.0, 0.0, 1.0]]))[0])
-    assert enc(torch.zeros(0, 3)).shape == (0, 12)
-    bad = torch.tensor([[float("nan"), 0.5, 0.5], [float("inf"), -float("inf"), 0.2]])
+    torch.testing.assert_close(out[-1], enc(torch.tensor([[1.0, 0.0, 1.0]], device=device))[0])
+    assert enc(torch.zeros(0, 3, device=device)).shape == (0, 12)
+    bad = torch.tensor([[float("nan"), 0.5, 0.5], [float("inf"), -float("inf"), 0.2]], device=device)
     assert torch.isfinite(enc(bad)).all()  # no out-of-range index from NaN/inf
 
 
@@ -139,22 +143,24 @@ def test_table_grad_skipped_when_only_x_requested():
     torch.testing.assert_close(gx, x.grad)
 
 
-def test_gradients_reach_table_and_x():
+def test_gradients_reach_table_and_x(device):
     enc = HashGridEncoding(SMALL)
     _randomise(enc)
-    x = torch.rand(64, 3, requires_grad=True)
+    enc.to(device)
+    x = torch.rand(64, 3, device=device, requires_grad=True)
     enc(x).square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for t in enc.tables:
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
 
 
-def test_table_gradient_matches_dense_autograd():
+def test_table_gradient_matches_dense_autograd(device):
     """Table gradient == gradient of the same interpolation written with plain advanced indexing."""
     enc = HashGridEncoding(SMALL)
     _randomise(enc)
-    x = torch.rand(40, 3)
-    weights = torch.randn(40, 8)
+    enc.to(device)
+    x = torch.rand(40, 3, device=device)
+    weights = torch.randn(40, 8, device=device)
     (enc(x) * weights).sum().backward()
     # one-hot trick: out = sum_c w_c * table[idx_c]; d/dtable via a dense reimplementation
     tables = [t.detach().clone().requires_grad_(True) for t in enc.tables]
@@ -204,16 +210,17 @@ def test_x_gradient_finite_difference_float32():
         torch.testing.assert_close(g[:, d], fd, rtol=2e-2, atol=2e-3)
 
 
-def test_double_backward_normals_style():
+def test_double_backward_normals_style(device):
     """grad wrt x with create_graph, then a loss on that gradient -> finite, nonzero table gradients."""
     enc = HashGridEncoding(SMALL)
     _randomise(enc)
-    mlp = MLP(enc.n_output_dims, 1, 16, 1, activation="softplus")  # smooth, so second derivatives are nonzero
-    x = torch.rand(128, 3, requires_grad=True)
+    enc.to(device)
+    mlp = MLP(enc.n_output_dims, 1, 16, 1, activation="softplus").to(device)  # smooth: second derivatives nonzero
+    x = torch.rand(128, 3, device=device, requires_grad=True)
     sigma = get_activation("trunc_exp")(mlp(enc(x))[:, 0])
     (grad_x,) = torch.autograd.grad(sigma.sum(), x, create_graph=True)
     normal = -grad_x / grad_x.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    loss = (normal * torch.tensor([0.3, -0.5, 0.8])).sum() + grad_x.square().sum()
+    loss = (normal * torch.tensor([0.3, -0.5, 0.8], device=device)).sum() + grad_x.square().sum()
     loss.backward()
     for t in enc.tables:
         assert t.grad is not None and torch.isfinite(t.grad).all()
@@ -336,13 +343,13 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("n_features", [1, 2, 3])
-def test_forward_with_jacobian_matches_autograd(n_features):
+def test_forward_with_jacobian_matches_autograd(n_features, device):
     """Closed-form Jacobian == autograd d(features)/dx, and table gradients agree with the plain path."""
     torch.manual_seed(0)
     cfg = HashGridConfig(n_levels=4, n_features_per_level=n_features, log2_hashmap_size=8, base_resolution=2,
                          max_resolution=32, init_scale=1.0)
-    enc = HashGridEncoding(cfg).double()
-    x = torch.rand(64, 3, dtype=torch.float64) * 0.98 + 0.01
+    enc = HashGridEncoding(cfg).double().to(device)
+    x = torch.rand(64, 3, dtype=torch.float64).to(device) * 0.98 + 0.01
     feats, jac = enc.forward_with_jacobian(x)
     assert torch.allclose(feats, enc(x), atol=1e-10)
     xg = x.clone().requires_grad_(True)

@@ -1,4 +1,5 @@
-"""End-to-end fits through the CLI with real (tiny) diffusers priors and the real Lightning trainer."""
+"""End-to-end fits through the CLI with real (tiny) diffusers priors and the real Lightning trainer. The short fit
+``test_short_fit_on_the_test_device`` runs on ``DREAM3D_TEST_DEVICE`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -83,6 +84,23 @@ def test_latent_prior_fit_end_to_end(latent_run):
     assert img.shape == (3 * 32, 4 * 32, 3) and img.std() > 0
     cfg_text = (run / "config.yaml").read_text()
     assert "prompt: a red cube" in cfg_text and "steps: 20" in cfg_text
+
+
+def test_short_fit_on_the_test_device(latent_prior_dir, tmp_path, device):
+    """A short fit on the test device with the prior's default dtype (fp16 on CUDA) and attention slicing: it
+    finishes with finite losses, and summary.json says where it ran and its peak GPU memory (null on the CPU)."""
+    code, run = fit(latent_prior_dir, tmp_path, "device", f"device={device.type}", "export=false",
+                    "attention_slicing=true", "stages.coarse.steps=6", "stages.coarse.val_every=3",
+                    "stages.coarse.ckpt_every=3")
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["device"].startswith(device.type)
+    assert summary["stages"]["coarse"]["completed_steps"] == 6
+    assert all(math.isfinite(float(r["loss"])) for r in metrics(run))
+    if device.type == "cuda":
+        assert summary["peak_gpu_mb"] > 0
+    else:
+        assert summary["peak_gpu_mb"] is None
 
 
 def test_fit_changes_the_nerf(latent_run, latent_prior_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""NeRF representation: blob initialisation, normals, gradients."""
+"""NeRF representation: blob initialisation, normals, gradients (the tests that take ``device`` run on
+``DREAM3D_TEST_DEVICE``; tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ def test_blob_initialisation():
     assert centre > 5.0 and far < 0.01
 
 
-def test_normals_point_outward_and_methods_agree():
+def test_normals_point_outward_and_methods_agree(device):
     torch.manual_seed(0)
-    dirs = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    dirs = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1).to(device)
     pts = dirs * 0.45
-    analytic = NeRF(small_cfg(normals="analytic"))
-    fd = NeRF(small_cfg(normals="finite_difference", finite_difference_eps=1e-3))
+    analytic = NeRF(small_cfg(normals="analytic")).to(device)
+    fd = NeRF(small_cfg(normals="finite_difference", finite_difference_eps=1e-3)).to(device)
     fd.load_state_dict(analytic.state_dict())
     n_a = analytic(pts, with_normals=True)["normal"]
     n_f = fd(pts, with_normals=True)["normal"]
@@ -35,10 +36,10 @@ def test_normals_point_outward_and_methods_agree():
     assert ((n_a * n_f).sum(-1) > 0.99).float().mean() > 0.9
 
 
-def test_gradients_reach_encoding_and_network_through_normals():
+def test_gradients_reach_encoding_and_network_through_normals(device):
     torch.manual_seed(0)
-    nerf = NeRF(small_cfg())
-    out = nerf(torch.rand(256, 3) - 0.5, with_normals=True)
+    nerf = NeRF(small_cfg(backend="torch")).to(device)
+    out = nerf(torch.rand(256, 3, device=device) - 0.5, with_normals=True)
     (out["normal"][:, 0].sum() + out["albedo"].sum()).backward()  # normals need double backward
     for p in nerf.parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all()

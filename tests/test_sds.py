@@ -1,4 +1,5 @@
-"""SDS gradient against its closed form, for fixed noise and timestep, on real (tiny) diffusers priors."""
+"""SDS gradient against its closed form, for fixed noise and timestep, on real (tiny) diffusers priors. The tests
+that take ``device`` run on ``DREAM3D_TEST_DEVICE`` (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,13 @@ def closed_form(prior, z, t, noise, cond, uncond, scale):
     return (1 - abar) * (e_u + scale * (e_c - e_u) - noise)
 
 
-def test_pixel_sds_gradient_equals_closed_form(pixel_prior):
-    prior = pixel_prior
+def test_pixel_sds_gradient_equals_closed_form(pixel_prior_dir, device):
+    prior = load_prior(str(pixel_prior_dir), device, "fp32")
     size = prior.image_size
-    rgb = torch.rand(2, size, size, 3, requires_grad=True)
+    rgb = torch.rand(2, size, size, 3).to(device).requires_grad_(True)
     cond, uncond = PromptEmbeddings(prior, "a red cube")(["front", "back"])
-    t = torch.tensor([100, 700])
-    noise = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([100, 700], device=device)
+    noise = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
     guidance = SDSGuidance(GuidanceConfig(guidance_scale=7.5), prior)
     out = guidance(rgb, cond, uncond, t=t, noise=noise)
     out["sds"].backward()
@@ -35,14 +36,14 @@ def test_pixel_sds_gradient_equals_closed_form(pixel_prior):
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_latent_sds_gradient_in_latent_space(latent_prior_dir):
-    prior = load_prior(str(latent_prior_dir))
+def test_latent_sds_gradient_in_latent_space(latent_prior_dir, device):
+    prior = load_prior(str(latent_prior_dir), device, "fp32")
     size = prior.image_size
-    rgb = torch.rand(1, 48, 48, 3)  # not the prior's size: resized inside
+    rgb = torch.rand(1, 48, 48, 3).to(device)  # not the prior's size: resized inside
     cond, uncond = PromptEmbeddings(prior, "a red cube")(["side"])
-    t = torch.tensor([500])
+    t = torch.tensor([500], device=device)
     h = size // prior.vae_scale_factor
-    noise = torch.randn(1, 4, h, h, generator=torch.Generator().manual_seed(2))
+    noise = torch.randn(1, 4, h, h, generator=torch.Generator().manual_seed(2)).to(device)
     guidance = SDSGuidance(GuidanceConfig(guidance_scale=100.0), prior)
     latents = {}
     original = prior.encode_images

@@ -1,5 +1,6 @@
 """VSD (ProlificDreamer): what trains, what stays frozen, what is checkpointed and resumed, particles, and the
-algebra that ties VSD to SDS. Real (tiny) diffusers priors, peft adapters and the real Lightning trainer."""
+algebra that ties VSD to SDS. Real (tiny) diffusers priors, peft adapters and the real Lightning trainer. The
+guidance-step tests run on ``DREAM3D_TEST_DEVICE`` (the ``device_prior`` fixture; tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ def state(run: Path) -> dict:
 def draws(prior, batch: int = 2, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     size = prior.image_size
-    rgb = torch.rand(batch, size, size, 3, generator=gen)
-    cams = sample_cameras(CameraConfig(height=size, width=size), gen, batch)
+    rgb = torch.rand(batch, size, size, 3, generator=gen).to(prior.device)
+    cams = sample_cameras(CameraConfig(height=size, width=size), gen, batch).to(prior.device)
     cond, uncond = PromptEmbeddings(prior, "a red cube")(cams.view_labels())
     return rgb, cams, cond, uncond
 
@@ -44,8 +45,14 @@ def latent_prior(latent_prior_dir):
     return load_prior(str(latent_prior_dir))
 
 
-def test_only_lora_and_camera_get_gradients(latent_prior):
-    prior = latent_prior
+@pytest.fixture(scope="module")
+def device_prior(latent_prior_dir, device):
+    """The latent prior on the test device, in fp32 (the tests compare with closed forms)."""
+    return load_prior(str(latent_prior_dir), device, "fp32")
+
+
+def test_only_lora_and_camera_get_gradients(device_prior):
+    prior = device_prior
     guidance = VSDGuidance(GuidanceConfig(name="vsd", guidance_scale=7.5), prior)
     rgb, cams, cond, uncond = draws(prior)
     rgb.requires_grad_(True)
@@ -65,14 +72,14 @@ def test_only_lora_and_camera_get_gradients(latent_prior):
     assert view and all(p.data_ptr() in shared for p in view)
 
 
-def test_at_initialisation_vsd_is_sds_at_scale_s_minus_sds_at_scale_1(latent_prior):
+def test_at_initialisation_vsd_is_sds_at_scale_s_minus_sds_at_scale_1(device_prior):
     """LoRA B = 0 and a zero camera embedding make ε_ψ(z_t; t, y, c) = ε_φ(z_t; t, y) exactly, so
     w(ε̂_s - ε_ψ) = w(ε̂_s - ε) - w(ε̂_1 - ε) with the same t and ε (ε̂_1 = ε_φ(·, y))."""
-    prior = latent_prior
+    prior = device_prior
     rgb, cams, cond, uncond = draws(prior, seed=3)
     h = prior.image_size // prior.vae_scale_factor
-    t = torch.tensor([150, 800])
-    noise = torch.randn(2, 4, h, h, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([150, 800], device=prior.device)
+    noise = torch.randn(2, 4, h, h, generator=torch.Generator().manual_seed(4)).to(prior.device)
 
     def grad_of(guidance, key, scale):
         guidance.cfg.guidance_scale = scale
@@ -89,7 +96,7 @@ def test_at_initialisation_vsd_is_sds_at_scale_s_minus_sds_at_scale_1(latent_pri
 
     # and the LoRA model's prediction is the frozen conditional prediction, bit for bit
     guidance = VSDGuidance(GuidanceConfig(name="vsd"), prior)
-    z_t = torch.randn(2, 4, h, h, generator=torch.Generator().manual_seed(6))
+    z_t = torch.randn(2, 4, h, h, generator=torch.Generator().manual_seed(6)).to(prior.device)
     with torch.no_grad():
         ours = guidance.estimate(z_t, t, cond, CameraEmbedding.labels(cams.c2w))
         frozen = prior.unet(z_t, t, encoder_hidden_states=cond).sample

@@ -22,8 +22,11 @@ L_dist = sum_{i,j} w_i w_j |s_i - s_j| + 1/(3S) sum_i w_i^2, computed in O(S) pe
 small for a ray whose weight sits in one short interval (a surface) and largest for weight spread along the ray
 (haze, fog): a penalty on fog that leaves opaque bodies alone, unlike the sparsity loss.
 
-Backends: ``torch`` (this file) is the only one so far; ``auto`` resolves to it. A nerfacc estimator for CUDA
-(its grid and ray-AABB kernels do not run on CPU) is not wired in yet: it could not be tested without a GPU.
+Backends (``renderer.backend``, :func:`use_nerfacc`): ``torch`` (this file, any device) and ``nerfacc``
+(:mod:`dream3d.render.volume_nerfacc`, CUDA only: nerfacc's grid traversal and packed compositing with this
+file's occupancy grid, step, early stop and quadrature; its docstring lists where the samples differ). ``auto``
+picks nerfacc for CUDA renders when it imports and its extension loads, else torch; asking for ``nerfacc`` where
+it cannot run is an error naming what is missing.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from dream3d.render.shading import shade
 class RendererConfig:
     """Volume rendering (ray marching) settings."""
 
-    backend: str = "auto"  # NeRF stages: auto | torch (nerfacc not wired in); mesh stages: auto | torch | nvdiffrast
+    backend: str = "auto"  # NeRF stages: auto | torch | nerfacc (CUDA); mesh stages: auto | torch | nvdiffrast
     num_samples: int = 64  # samples per ray across the scene box
     occupancy_grid: bool = True
     grid_resolution: int = 32
@@ -58,6 +61,30 @@ class RendererConfig:
     ambient: float = 0.1  # ambient light share in diffuse/textureless shading
     background: str = "mlp"  # mlp (learned from view direction) | solid | random
     background_color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+
+BACKENDS = ("auto", "torch", "nerfacc")
+
+
+def use_nerfacc(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` (auto | torch | nerfacc) means nerfacc for a render on ``device``: ``auto`` picks it on
+    CUDA when it can run (:func:`dream3d.render.volume_nerfacc.why_unavailable`); asking for nerfacc where it
+    cannot run is a ValueError naming what is missing."""
+    if backend not in BACKENDS:
+        raise ValueError(f"volume renderer backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
+    if backend == "torch":
+        return False
+    if device.type != "cuda":
+        if backend == "nerfacc":
+            raise ValueError("volume renderer backend nerfacc: needs CUDA tensors (this render is on the CPU); "
+                             "use backend=torch or auto")
+        return False
+    from dream3d.render import volume_nerfacc
+
+    why = volume_nerfacc.why_unavailable()
+    if backend == "nerfacc" and why is not None:
+        raise ValueError(f"volume renderer backend nerfacc: {why}")
+    return why is None
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, radius: float, near: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:
@@ -171,6 +198,9 @@ class VolumeRenderer(nn.Module):
         B, H, W, _ = rays_o.shape
         need_normals = shading != "albedo" if with_normals is None else with_normals
         o, d = rays_o.reshape(-1, 3), rays_d.reshape(-1, 3)
+        if use_nerfacc(self.cfg.backend, o.device):
+            return self._forward_nerfacc(nerf, background, o, d, (B, H, W), light_position, shading, stratified,
+                                         generator, bg_color, need_normals)
         R, S = o.shape[0], self.cfg.num_samples
         dev = o.device
         t_near, t_far, hit = ray_aabb(o, d, self.radius, near=1e-3)
@@ -217,5 +247,59 @@ class VolumeRenderer(nn.Module):
             "normal": normal_img.view(B, H, W, 3),
             "orient": orient / R,
             "distortion": distortion(w).mean(),
+            "samples": torch.tensor(float(p.shape[0])),
+        }
+
+    def _forward_nerfacc(self, nerf, background: Background, o: Tensor, d: Tensor, shape: tuple[int, int, int],
+                         light_position: Tensor, shading: str, stratified: bool,
+                         generator: Optional[torch.Generator], bg_color: Optional[Tensor],
+                         need_normals: bool) -> dict[str, Tensor]:
+        """:meth:`forward` with nerfacc's packed marching and compositing (:mod:`dream3d.render.volume_nerfacc`);
+        the same outputs, the same grid, step, early stop and quadrature."""
+        from dream3d.render import volume_nerfacc as acc
+
+        B, H, W = shape
+        R, S = o.shape[0], self.cfg.num_samples
+        dev = o.device
+        t_near, t_far, hit = ray_aabb(o, d, self.radius, near=1e-3)
+        t_far = torch.where(hit, t_far, t_near)  # a ray that misses the box gets no samples
+        span = (t_far - t_near).clamp_min(1e-9)
+        step = 2.0 * self.radius / S
+        if self.grid is not None:
+            occupied = self.grid.occupied
+        else:
+            G = self.cfg.grid_resolution
+            occupied = torch.ones(G, G, G, dtype=torch.bool, device=dev)
+        shift = torch.rand(R, generator=generator).to(dev) if stratified else None
+        ray_id, t0, t1, info = acc.march(occupied, self.radius, o, d, t_near, t_far, step, shift, nerf.density,
+                                         self.cfg.early_stop)
+        t = (t0 + t1) * 0.5
+        p = o[ray_id] + d[ray_id] * t[:, None]  # [M,3]
+        field = nerf(p, with_normals=need_normals)
+        w_s = acc.weights(t0, t1, field["density"], info)  # [M]
+        normal_s = field.get("normal")
+        light_dir = None
+        if shading != "albedo":
+            light_dir = F.normalize(light_position[torch.div(ray_id, H * W, rounding_mode="floor")] - p, dim=-1)
+        color = shade(field["albedo"], normal_s, light_dir, shading, self.cfg.ambient)
+        rgb = acc.accumulate(w_s, color, ray_id, R)
+        opacity = acc.accumulate(w_s, None, ray_id, R)[:, 0]
+        depth = acc.accumulate(w_s, t[:, None], ray_id, R)[:, 0]
+        normal_img = torch.zeros(R, 3, device=dev)
+        orient = torch.zeros((), device=dev)
+        if normal_s is not None:
+            normal_img = acc.accumulate(w_s, normal_s, ray_id, R)
+            orient = (w_s.detach() * (normal_s * d[ray_id]).sum(-1).clamp_min(0.0) ** 2).sum()
+        s_norm = (t - t_near[ray_id]) / span[ray_id]
+        dist = acc.distortion(w_s, s_norm, (t1 - t0) / span[ray_id], info)
+        bg = background(d, bg_color)
+        rgb = rgb + (1.0 - opacity)[:, None] * bg
+        return {
+            "rgb": rgb.view(B, H, W, 3),
+            "opacity": opacity.view(B, H, W, 1),
+            "depth": depth.view(B, H, W, 1),
+            "normal": normal_img.view(B, H, W, 3),
+            "orient": orient / R,
+            "distortion": dist.mean(),
             "samples": torch.tensor(float(p.shape[0])),
         }
