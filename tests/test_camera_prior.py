@@ -282,8 +282,12 @@ def test_a_text_prior_must_read_prompts_and_images_alike(camera_prior_dir, laten
     _, other = other_unet_prior  # another seed: another text encoder
     with pytest.raises(PriorError, match=r"^text_prior: text_encoder/ of .* differs from the prior's"):
         load_prior(str(camera_prior_dir), text_prior=str(other))
-    with pytest.raises(PriorError, match=r"^text_prior: the prior .* is not camera-conditioned"):
-        load_prior(str(latent_prior_dir), text_prior=str(latent_prior_dir))
+    text = load_prior(str(latent_prior_dir), text_prior=str(other))  # a text prior itself: loaded as it is
+    assert text.text_unet is None and not text.takes_camera
+    z_t, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([500])
+    cond, uncond = PromptEmbeddings(text, "a red cube", view_dependent=False)(["front"])
+    assert torch.equal(cfg_noise(text, z_t, t, cond, uncond, 7.5, cams([0.0]).c2w, text_prior=True),
+                       cfg_noise(text, z_t, t, cond, uncond, 7.5))  # the stages' flag changes nothing then
     from dream3d.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"^stages.coarse.guidance.text_prior: true needs the run's text_prior"):

@@ -71,7 +71,7 @@ def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale
     fine-tuning moved its colours (docs/quality.md, round 8); the text prior keeps them. With ε_t = ε and s_c = s
     this is the ``camera_cfg`` form. Two batched UNet calls (four terms)."""
     B = z_t.shape[0]
-    if text_prior:
+    if text_prior and prior.takes_camera:  # a text-only prior: the plain form below
         if prior.text_unet is None:
             raise ValueError("guidance.text_prior: the prior was loaded without a text prior (set the run's text_prior)")
         x, tt = torch.cat([z_t, z_t]).to(prior.dtype), torch.cat([t, t])

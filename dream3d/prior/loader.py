@@ -199,14 +199,14 @@ def _same_weights(a: Any, b: Any) -> bool:
 
 def with_text_prior(prior: Prior, path: str) -> Prior:
     """``prior`` (camera-conditioned) with the UNet of the text prior at ``path`` beside it: the guidance can then take
-    the text term from the text prior and only the camera term from ``prior`` (``guidance.text_prior``). Both must
+    the text term from the text prior and only the camera term from ``prior`` (``guidance.text_prior``). A prior that
+    takes no camera is returned as it is (it is a text prior itself; the stages' flags then change nothing). Both must
     read text and images alike: the same tokenizer output, text encoder and VAE weights (a one-line PriorError
     otherwise). ``prior`` itself is not changed (a loaded prior can be shared by several runs)."""
     from dataclasses import replace
 
-    if not prior.takes_camera:
-        raise PriorError(f"text_prior: the prior '{prior.path}' is not camera-conditioned (no {CAMERA_FOLDER}/); a text "
-                         "prior beside it is only used for the camera term's text (set prior to a camera prior)")
+    if not prior.takes_camera:  # a text prior already (e.g. Stable Diffusion asked for in a camera recipe): as it is
+        return prior
     text = load_prior(path, prior.device, prior.dtype)
     probe = "a red cube"
     same_tokens = torch.equal(text.tokenizer([probe], return_tensors="pt").input_ids,
