@@ -1,7 +1,7 @@
 """The ``dream3d`` command: fit, export, render, compare, prior, eval, batch.
 
-    dream3d fit prompt="a pineapple" [recipe=magic3d] [key=value ...]
-    dream3d fit resume=outputs/magic3d/a-pineapple-20261126-101500
+    dream3d fit prompt="a pineapple" [recipe=mvdream] [key=value ...]
+    dream3d fit resume=outputs/mvdream/a-pineapple-20261126-101500
 
 Errors in the input print one line naming the key and the expected form, and exit with status 2
 before anything is written.

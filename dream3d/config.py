@@ -68,7 +68,7 @@ class RunConfig:
     negative_prompt: str = ""
     threads: int = 0  # torch CPU threads; 0: $OMP_NUM_THREADS if set, else every core
     view_dependent: bool = True
-    recipe: str = "magic3d"  # the default since it beat dreamfusion at a third of the wall time (docs/benchmarks.md)
+    recipe: str = "mvdream"  # the default since it beat magic3d on every figure of the subset (docs/quality.md, round 8)
     prior: str = DEFAULT_PRIOR
     prior_dtype: str = "auto"  # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
     # beside a camera-conditioned prior: a text prior with the same text encoder and VAE; stages with

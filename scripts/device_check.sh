@@ -97,7 +97,7 @@ part raster-and-hashgrid 30 env DREAM3D_TEST_DEVICE=cuda "$py" -m pytest -q -p n
 # (c) the default fit on the shipped prior (CPU: 188 s on 2 cores, docs/benchmarks.md)
 part default-fit 90 "$py" -c "import sys; from dream3d.cli import main; sys.exit(main(sys.argv[1:]))" fit \
   prompt="a pineapple" device=cuda output_dir="$work/runs" name=pineapple --quiet
-cp "$work/runs/magic3d/pineapple/summary.json" "$OUT/fit_summary.json" 2>/dev/null
+cp "$work"/runs/*/pineapple/summary.json "$OUT/fit_summary.json" 2>/dev/null  # <output_dir>/<default recipe>/<name>
 
 # (d) the NeRF step split with each accelerator on and off
 part bench 40 "$py" scripts/bench.py --device cuda --iters 5 --json "$OUT/bench.json"
