@@ -238,17 +238,8 @@ class VolumeRenderer(nn.Module):
             orient = (w_s.detach() * (normal_s * d[ray_id]).sum(-1).clamp_min(0.0) ** 2).sum()
         opacity = w.sum(dim=1)
         depth = (w * t).sum(dim=1)
-        bg = background(d, bg_color)
-        rgb = rgb + (1.0 - opacity)[:, None] * bg
-        return {
-            "rgb": rgb.view(B, H, W, 3),
-            "opacity": opacity.view(B, H, W, 1),
-            "depth": depth.view(B, H, W, 1),
-            "normal": normal_img.view(B, H, W, 3),
-            "orient": orient / R,
-            "distortion": distortion(w).mean(),
-            "samples": torch.tensor(float(p.shape[0])),
-        }
+        rgb = rgb + (1.0 - opacity)[:, None] * background(d, bg_color)
+        return _outputs((B, H, W), rgb, opacity, depth, normal_img, orient / R, distortion(w).mean(), p.shape[0])
 
     def _forward_nerfacc(self, nerf, background: Background, o: Tensor, d: Tensor, shape: tuple[int, int, int],
                          light_position: Tensor, shading: str, stratified: bool,
@@ -292,14 +283,14 @@ class VolumeRenderer(nn.Module):
             orient = (w_s.detach() * (normal_s * d[ray_id]).sum(-1).clamp_min(0.0) ** 2).sum()
         s_norm = (t - t_near[ray_id]) / span[ray_id]
         dist = acc.distortion(w_s, s_norm, (t1 - t0) / span[ray_id], info)
-        bg = background(d, bg_color)
-        rgb = rgb + (1.0 - opacity)[:, None] * bg
-        return {
-            "rgb": rgb.view(B, H, W, 3),
-            "opacity": opacity.view(B, H, W, 1),
-            "depth": depth.view(B, H, W, 1),
-            "normal": normal_img.view(B, H, W, 3),
-            "orient": orient / R,
-            "distortion": dist.mean(),
-            "samples": torch.tensor(float(p.shape[0])),
-        }
+        rgb = rgb + (1.0 - opacity)[:, None] * background(d, bg_color)
+        return _outputs(shape, rgb, opacity, depth, normal_img, orient / R, dist.mean(), p.shape[0])
+
+
+def _outputs(shape: tuple[int, int, int], rgb: Tensor, opacity: Tensor, depth: Tensor, normal: Tensor, orient: Tensor,
+             dist: Tensor, samples: int) -> dict[str, Tensor]:
+    """The renderer's outputs (both backends): per-ray figures [R,...] as images [B,H,W,...] and the scalars."""
+    B, H, W = shape
+    return {"rgb": rgb.view(B, H, W, 3), "opacity": opacity.view(B, H, W, 1), "depth": depth.view(B, H, W, 1),
+            "normal": normal.view(B, H, W, 3), "orient": orient, "distortion": dist,
+            "samples": torch.tensor(float(samples))}
