@@ -41,7 +41,6 @@ class Prior:
     # the UNet of a run's text_prior (:func:`with_text_prior`): a text-only prior with the same text encoder and
     # VAE, whose text term the guidance can take instead of this (camera) prior's own (guidance/sds.py cfg_noise)
     text_unet: Optional[Any] = None
-    text_path: str = ""
 
     @property
     def is_latent(self) -> bool:
@@ -216,4 +215,4 @@ def with_text_prior(prior: Prior, path: str) -> Prior:
         if not ok:
             raise PriorError(f"text_prior: {name}/ of '{path}' differs from the prior's ('{prior.path}'); the text "
                              "prior must read prompts and images exactly as the camera prior does")
-    return replace(prior, text_unet=text.unet, text_path=str(path))
+    return replace(prior, text_unet=text.unet)

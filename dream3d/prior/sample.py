@@ -71,7 +71,9 @@ def sample(
         text = torch.cat([prior.encode_text([negative_prompt]).expand(n, -1, -1), cond])
     else:
         text = cond
-    plain = text  # without cameras
+    split = prior.text_unet is not None  # a camera prior with a text prior beside it (loader.with_text_prior)
+    if split:
+        unet = prior.text_unet  # the text term (and, without a camera, everything)
     if c2w is not None:
         if not prior.takes_camera:
             raise ValueError(f"sample: the prior {prior.path} takes no camera")
@@ -79,14 +81,12 @@ def sample(
         c2w = c2w.expand(n, 4, 4) if c2w.shape[0] == 1 else c2w
         if c2w.shape[0] != n:
             raise ValueError(f"sample: {c2w.shape[0]} cameras for {n} images")
-        keep = torch.cat([torch.full((n,), 0.0 if camera_cfg else 1.0), torch.ones(n)]) if guided else None
-        text = prior.condition(text, torch.cat([c2w, c2w]) if guided else c2w, keep)
-    split = prior.text_unet is not None  # a camera prior with a text prior beside it (loader.with_text_prior)
-    if split:
-        unet, text = prior.text_unet, plain  # the text term (and, without a camera, everything)
-        if c2w is not None:  # the camera term: eps(y, c) - eps(y), scaled as the text
+        if split:  # the camera term: eps(y, c) - eps(y), scaled as the text
             camera_text = prior.condition(torch.cat([cond, cond]), torch.cat([c2w, c2w]),
                                           torch.cat([torch.ones(n), torch.zeros(n)]))
+        else:
+            keep = torch.cat([torch.full((n,), 0.0 if camera_cfg else 1.0), torch.ones(n)]) if guided else None
+            text = prior.condition(text, torch.cat([c2w, c2w]) if guided else c2w, keep)
     for t in scheduler.timesteps:
         inp = torch.cat([x, x]) if guided else x
         inp = scheduler.scale_model_input(inp, t)

@@ -67,24 +67,11 @@ BACKENDS = ("auto", "torch", "nerfacc")
 
 
 def use_nerfacc(backend: str, device: torch.device) -> bool:
-    """Whether ``backend`` (auto | torch | nerfacc) means nerfacc for a render on ``device``: ``auto`` picks it on
-    CUDA when it can run (:func:`dream3d.render.volume_nerfacc.why_unavailable`); asking for nerfacc where it
-    cannot run is a ValueError naming what is missing."""
-    if backend not in BACKENDS:
-        raise ValueError(f"volume renderer backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
-    if backend == "torch":
-        return False
-    if device.type != "cuda":
-        if backend == "nerfacc":
-            raise ValueError("volume renderer backend nerfacc: needs CUDA tensors (this render is on the CPU); "
-                             "use backend=torch or auto")
-        return False
-    from dream3d.render import volume_nerfacc
+    """Whether ``backend`` (auto | torch | nerfacc) means nerfacc for a render on ``device``
+    (:func:`dream3d.render.use_accelerator`; what nerfacc needs: :func:`dream3d.render.volume_nerfacc.why_unavailable`)."""
+    from dream3d.render import use_accelerator, volume_nerfacc
 
-    why = volume_nerfacc.why_unavailable()
-    if backend == "nerfacc" and why is not None:
-        raise ValueError(f"volume renderer backend nerfacc: {why}")
-    return why is None
+    return use_accelerator("volume renderer", backend, BACKENDS, "nerfacc", device, volume_nerfacc.why_unavailable)
 
 
 def ray_aabb(origins: Tensor, dirs: Tensor, radius: float, near: float = 0.0) -> tuple[Tensor, Tensor, Tensor]:

@@ -58,20 +58,16 @@ __all__ = [
 
 
 def use_nvdiffrast(backend: str, device: torch.device) -> bool:
-    """Whether ``backend`` (auto | torch | nvdiffrast) means nvdiffrast for tensors on ``device``. ``auto`` picks
-    it on CUDA when it imports; asking for nvdiffrast where it cannot run is an error."""
-    if backend not in BACKENDS:
-        raise ValueError(f"rasterizer backend: expected one of {', '.join(BACKENDS)}, got '{backend}'")
-    if backend == "torch" or device.type != "cuda":
-        if backend == "nvdiffrast":
-            raise ValueError("rasterizer backend nvdiffrast: needs CUDA tensors (this render is on the CPU)")
-        return False
+    """Whether ``backend`` (auto | torch | nvdiffrast) means nvdiffrast for tensors on ``device``
+    (:func:`dream3d.render.use_accelerator`: ``auto`` picks it on CUDA when it imports)."""
+    from dream3d.render import use_accelerator
     from dream3d.render.raster import nvdiffrast
 
-    if backend == "nvdiffrast" and not nvdiffrast.available():
-        raise ValueError("rasterizer backend nvdiffrast: it does not import; pip install "
-                         "git+https://github.com/NVlabs/nvdiffrast, or use backend=torch")
-    return nvdiffrast.available()
+    def why() -> Optional[str]:
+        return None if nvdiffrast.available() else (
+            "it does not import; pip install git+https://github.com/NVlabs/nvdiffrast, or use backend=torch")
+
+    return use_accelerator("rasterizer", backend, BACKENDS, "nvdiffrast", device, why)
 
 
 def rasterize(clip: Tensor, faces: Tensor, height: int, width: int, cull_backfaces: bool = False,
