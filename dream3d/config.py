@@ -747,6 +747,12 @@ def validate(cfg: RunConfig) -> None:
         if g.text_prior and not cfg.text_prior:
             raise ConfigError(f"{p}.guidance.text_prior: true needs the run's text_prior (a text prior folder beside "
                               "the camera prior), which is not set")
+        if g.perp_neg and not cfg.view_dependent:
+            raise ConfigError(f"{p}.guidance.perp_neg: true needs view_dependent=true (it mixes the view prompts)")
+        for key in ("perp_neg_f_fs", "perp_neg_f_sf", "perp_neg_f_sb", "perp_neg_f_fsb"):
+            if len(getattr(g, key)) != 3:
+                raise ConfigError(f"{p}.guidance.{key}: expected [a, b, c] of f(r) = a exp(-b r) + c, got "
+                                  f"{list(getattr(g, key))}")
         o = st.optim
         for key in ("lr_encoding", "lr_network", "lr_background", "lr_sdf", "lr_deformation"):
             if getattr(o, key) < 0:

@@ -3,7 +3,7 @@ their settings. This package imports nothing heavy; import the submodule you nee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
@@ -29,6 +29,14 @@ class GuidanceConfig:
     # s_c = camera_scale (null: the guidance scale); four UNet calls instead of two (guidance/sds.py cfg_noise)
     text_prior: bool = False
     camera_scale: Optional[float] = None
+    # Perp-Neg (guidance/perpneg.py; SDS and VSD over a text prior with view words): the positive prompt mixed
+    # from the view prompts by azimuth, the other views as negatives perpendicular to it; 2 more UNet terms a step.
+    # Each weight function is f(r) = a exp(-b r) + c, [a, b, c]; the defaults are the paper's
+    perp_neg: bool = False
+    perp_neg_f_fs: list[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
+    perp_neg_f_sf: list[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
+    perp_neg_f_sb: list[float] = field(default_factory=lambda: [1.0, 0.5, -0.606])
+    perp_neg_f_fsb: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.967])
     # VSD only (guidance/vsd.py): the LoRA model of the particles' render distribution
     lora_rank: int = 4  # rank of the adapters on the UNet's attention projections
     lora_alpha: Optional[float] = None  # LoRA scale alpha / rank; null: alpha = rank

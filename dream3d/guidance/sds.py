@@ -58,7 +58,7 @@ def predicted_noise(prior, z_t: Tensor, t: Tensor, eps_or_v: Tensor) -> Tensor:
 
 def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
               c2w: Optional[Tensor] = None, camera_cfg: bool = False, text_prior: bool = False,
-              camera_scale: Optional[float] = None) -> Tensor:
+              camera_scale: Optional[float] = None, negatives: Optional[tuple[Tensor, Tensor]] = None) -> Tensor:
     """Classifier-free guided noise prediction ε̂ = ε(∅, c) + s (ε(y, c) - ε(∅, c)); one batched UNet call.
 
     A camera-conditioned prior (``prior.takes_camera``) is told the renders' cameras c2w [B,4,4] in both terms,
@@ -69,8 +69,14 @@ def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale
     the text term from the text prior's UNet ε_t, only the camera term from the camera prior's ε:
     ε̂ = ε_t(∅) + s (ε_t(y) - ε_t(∅)) + s_c (ε(y, c) - ε(y)), s_c = ``camera_scale`` (None: s). The camera prior's
     fine-tuning moved its colours (docs/quality.md, round 8); the text prior keeps them. With ε_t = ε and s_c = s
-    this is the ``camera_cfg`` form. Two batched UNet calls (four terms)."""
+    this is the ``camera_cfg`` form. Two batched UNet calls (four terms).
+
+    ``negatives`` (``guidance.perp_neg``: negative prompts [B,K,L,D] and their weights [B,K], from
+    :func:`dream3d.guidance.perpneg.embeddings`): Perp-Neg's ε̂ = ε(∅) + s (e_pos + Σ_k w_k e_k⊥), one batched call
+    of 2 + K terms; a text prior only."""
     B = z_t.shape[0]
+    if negatives is not None:
+        return _perp_neg_noise(prior, z_t, t, cond, uncond, scale, negatives)
     if text_prior and prior.takes_camera:  # a text-only prior: the plain form below
         if prior.text_unet is None:
             raise ValueError("guidance.text_prior: the prior was loaded without a text prior (set the run's text_prior)")
@@ -95,6 +101,24 @@ def cfg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale
         eps = predicted_noise(prior, torch.cat([z_t, z_t]), torch.cat([t, t]), out.float())
     eps_cond, eps_uncond = eps[:B], eps[B:]
     return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def _perp_neg_noise(prior, z_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float,
+                    negatives: tuple[Tensor, Tensor]) -> Tensor:
+    """:func:`cfg_noise` with Perp-Neg's negative prompts (:mod:`dream3d.guidance.perpneg`)."""
+    from dream3d.guidance import perpneg
+
+    if prior.takes_camera:
+        raise ValueError("guidance.perp_neg: the prior is told the camera, not view words; Perp-Neg needs a text prior")
+    neg, weights = negatives
+    B, K = neg.shape[:2]
+    context = torch.cat([cond, uncond, neg.transpose(0, 1).reshape(K * B, *neg.shape[2:])]).to(prior.dtype)
+    x, tt = z_t.repeat(2 + K, 1, 1, 1), t.repeat(2 + K)
+    with torch.no_grad():
+        out = prior.unet(x.to(prior.dtype), tt, encoder_hidden_states=context).sample
+        eps = predicted_noise(prior, x, tt, out.float())
+    eps_negs = eps[2 * B:].view(K, B, *eps.shape[1:]).transpose(0, 1)
+    return perpneg.combine(eps[:B], eps[B:2 * B], eps_negs, weights.to(eps.device), scale)
 
 
 def weighting(name: str, abar: Tensor) -> Tensor:
@@ -202,10 +226,11 @@ class SDSGuidance:
         noise: Optional[Tensor] = None,
         cameras: Any = None,
         latents: Optional[Tensor] = None,
+        negatives: Optional[tuple[Tensor, Tensor]] = None,
     ) -> dict[str, Tensor]:
         """rgb [B,H,W,3] in [0,1] (or ``latents``, see :func:`to_model_space`); cond/uncond [B,L,D]. ``t`` [B]
         and ``noise`` fix the random draws (tests). ``cameras`` (the renders' B cameras) reach a
-        camera-conditioned prior; a text-only prior ignores them."""
+        camera-conditioned prior; a text-only prior ignores them. ``negatives``: Perp-Neg (:func:`cfg_noise`)."""
         prior = self.prior
         in_image = self.cfg.space == "image" and latents is None and prior.is_latent
         with torch.no_grad() if in_image else contextlib.nullcontext():
@@ -213,7 +238,7 @@ class SDSGuidance:
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
         c2w = cameras.c2w.to(z.device) if cameras is not None else None
         eps_hat = cfg_noise(prior, z_t, t, cond, uncond, self.cfg.guidance_scale, c2w, self.cfg.camera_cfg,
-                            self.cfg.text_prior, self.cfg.camera_scale)
+                            self.cfg.text_prior, self.cfg.camera_scale, negatives)
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
         w = weighting(self.cfg.weighting, abar)
         if in_image:

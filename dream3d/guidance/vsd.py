@@ -165,9 +165,11 @@ class VSDGuidance(nn.Module):
         noise: Optional[Tensor] = None,
         cameras: Any = None,
         latents: Optional[Tensor] = None,
+        negatives: Optional[tuple[Tensor, Tensor]] = None,
     ) -> dict[str, Tensor]:
         """rgb [B,H,W,3] in [0,1]; cond/uncond [B,L,D]; ``cameras`` (B cameras, required). ``t`` [B] and
-        ``noise`` fix the particle update's draws (tests); the LoRA update always draws its own."""
+        ``noise`` fix the particle update's draws (tests); the LoRA update always draws its own. ``negatives``:
+        Perp-Neg in the pretrained term (guidance/sds.py ``cfg_noise``); the LoRA model is told the positive."""
         if cameras is None:
             raise ValueError("guidance vsd: needs the cameras of the renders (cameras=...)")
         prior = self.prior
@@ -177,7 +179,7 @@ class VSDGuidance(nn.Module):
         c2w = cameras.c2w.to(z.device)
         t, noise, z_t = draw_noisy(prior, z, *self.timestep_range(step), generator, t, noise)
         eps_hat = cfg_noise(prior, z_t, t, cond, uncond, cfg.guidance_scale, c2w, cfg.camera_cfg, cfg.text_prior,
-                            cfg.camera_scale)
+                            cfg.camera_scale, negatives)
         with torch.no_grad():  # over a camera-conditioned prior the LoRA model is told the camera the same way too
             eps_psi = self.estimate(z_t, t, prior.condition(cond, c2w), CameraEmbedding.labels(c2w))
         abar = prior.alphas_cumprod[t].view(-1, 1, 1, 1)

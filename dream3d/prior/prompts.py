@@ -35,6 +35,14 @@ class PromptEmbeddings:
             self._cache[key] = self.prior.encode_text([text])[0]
         return self._cache[key]
 
+    def embed_view(self, label: str) -> Tensor:
+        """The embedding [L,D] of the prompt with one view's words (whatever ``view_dependent`` says: Perp-Neg)."""
+        return self._embed(view_prompt(self.prompt, label))
+
+    def embed_negative(self) -> Tensor:
+        """The embedding [L,D] of the negative prompt (the unconditional term)."""
+        return self._embed(self.negative_prompt)
+
     def texts(self, labels: list[str]) -> list[str]:
         return [view_prompt(self.prompt, lab if self.view_dependent else None) for lab in labels]
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from dream3d.cameras import Cameras, sample_cameras, turntable
 from dream3d.errors import Dream3DError
+from dream3d.guidance import perpneg
 from dream3d.io import atomic_path, save_png
 from dream3d.prior.prompts import PromptEmbeddings
 from dream3d.registry import GUIDANCES, resolve
@@ -126,6 +127,9 @@ class BaseSystem(pl.LightningModule):
         takes_camera = prior is not None and prior.takes_camera
         self.prompts = PromptEmbeddings(prior, run_cfg.prompt, run_cfg.negative_prompt,
                                         run_cfg.view_dependent and not takes_camera)
+        if takes_camera and stage_cfg.guidance.perp_neg:
+            raise Dream3DError(f"stages.{stage_name}.guidance.perp_neg: the prior ({prior.path}) is told the camera, "
+                               "not view words; expected a text prior (or perp_neg=false)")
 
     @property
     def step(self) -> int:
@@ -227,10 +231,17 @@ class BaseSystem(pl.LightningModule):
             outs.append(out)
         cams_all = Cameras.cat(cams)
         with self.timed("guidance"):
-            labels = cams_all.view_labels(cfg.camera.front_threshold, cfg.camera.overhead_threshold)
-            cond, uncond = self.prompts(labels)
+            negatives = None
+            if cfg.guidance.perp_neg:
+                cond, uncond, neg, weights = perpneg.embeddings(self.prompts, cams_all, cfg.camera.overhead_threshold,
+                                                                cfg.guidance)
+                negatives = (neg.to(self.device), weights)
+            else:
+                labels = cams_all.view_labels(cfg.camera.front_threshold, cfg.camera.overhead_threshold)
+                cond, uncond = self.prompts(labels)
             lat = torch.cat(latents) if latents[0] is not None else None
-            g = self.guidance(torch.cat(images), cond, uncond, step, generator=gen, cameras=cams_all, latents=lat)
+            g = self.guidance(torch.cat(images), cond, uncond, step, generator=gen, cameras=cams_all, latents=lat,
+                              negatives=negatives)
         terms = self.guidance_terms(g, n)
         terms.update(regs)
         loss, logs = self.weighted_loss(terms, step)
