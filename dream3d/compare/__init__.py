@@ -1,8 +1,9 @@
-"""``dream3d compare``: SDS against VSD on one prompt (or any two runs), side by side in one offline HTML report.
+"""``dream3d compare``: two recipes on one prompt (by default SDS against VSD), or any two runs, side by side in one
+offline HTML report.
 
 Data flows one way, from the command down to the files; nothing below :mod:`~dream3d.compare.job` fits::
 
-    job.py      the command: validate the input, fit the SDS/VSD pair (or take two run folders), label the runs,
+    job.py      the command: validate the input, fit the two recipes (or take two run folders), label the runs,
                 then write_report
     report.py   write_report: figures of every run, media copied into the report folder, loss plots,
                 summary.json (once) and report.html
