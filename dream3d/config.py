@@ -74,6 +74,10 @@ class RunConfig:
     # beside a camera-conditioned prior: a text prior with the same text encoder and VAE; stages with
     # guidance.text_prior take the text term from it and only the camera term from the prior (guidance/sds.py)
     text_prior: str = ""
+    # Sketch-Shape (representations/sketch.py): a rough closed mesh that holds the density of the NeRF stages
+    # weighting loss.sketch (the latent-nerf recipe's), lenient within about sketch_sigma of its surface
+    sketch: str = ""
+    sketch_sigma: float = 0.1
     attention_slicing: bool = False  # the prior's UNet attention in slices, its VAE a sample at a time (less memory)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -106,6 +110,9 @@ KEY_HELP = {
     "prior_dtype": "auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16",
     "text_prior": "beside a camera prior: a text prior (same text encoder and VAE) for the guidance's text term "
                   "in stages with guidance.text_prior (its colours; the camera from prior)",
+    "sketch": "a rough closed mesh (.glb/.obj/.ply, world units: Y up, front +Z, inside the box of radius 1) that "
+              "steers the shape (Sketch-Shape); used by stages weighting loss.sketch, e.g. recipe=latent-nerf",
+    "sketch_sigma": "Sketch-Shape's leniency: within about this distance of the sketch's surface the shape is free",
     "attention_slicing": "compute the prior's UNet attention in slices and its VAE a sample at a time: less GPU "
                          "memory (a Stable Diffusion recipe on an 8 GB card), a little slower",
     "seed": "random seed; a run is reproducible from it on the same machine",
@@ -730,6 +737,12 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{p}.renderer.background_color: expected [r, g, b] in [0, 1], got {r.background_color}")
         n = st.representation
         _choice(f"{p}.representation.backend", n.backend, ["auto", "torch", "tcnn"])
+        _choice(f"{p}.representation.output", n.output, ["rgb", "latent"])
+        if (n.output == "latent") != (st.system == "latent-nerf"):
+            raise ConfigError(f"{p}.representation.output: '{n.output}' with system '{st.system}'; expected latent "
+                              "exactly with system latent-nerf (rgb otherwise)")
+        if n.latent_channels < 1:
+            raise ConfigError(f"{p}.representation.latent_channels: expected a positive integer, got {n.latent_channels}")
         _choice(f"{p}.representation.normals", n.normals, ["analytic", "finite_difference"])
         _choice(f"{p}.representation.density_activation", n.density_activation, ["softplus", "trunc_exp", "relu"])
         if n.radius <= 0:
@@ -767,9 +780,29 @@ def validate(cfg: RunConfig) -> None:
                               f"{g.camera_dropout}")
         for f in dataclasses.fields(LossConfig):
             _check_schedule(f"{p}.loss.{f.name}", getattr(st.loss, f.name))
+    if cfg.sketch:
+        _check_sketch(cfg)
     cfg.prior = resolve_prior_path(cfg.prior)
     if cfg.text_prior:
         cfg.text_prior = resolve_prior_path(cfg.text_prior, "text_prior")
+
+
+def _check_sketch(cfg: RunConfig) -> None:
+    """``sketch=<mesh>``: a mesh file that exists, a positive leniency, and a stage that weights loss.sketch."""
+    from dream3d.export.mesh import FORMATS
+    from dream3d.registry import mesh_systems
+    from dream3d.schedule import is_zero
+
+    path = Path(cfg.sketch).expanduser()
+    if path.suffix.lower().lstrip(".") not in FORMATS or not path.is_file():
+        raise ConfigError(f"sketch: {cfg.sketch}: expected a mesh file ({', '.join('.' + f for f in FORMATS)}) "
+                          f"that exists")
+    if cfg.sketch_sigma <= 0:
+        raise ConfigError(f"sketch_sigma: expected a distance > 0, got {cfg.sketch_sigma}")
+    if not any(st.system not in mesh_systems() and not is_zero(st.loss.sketch) for st in cfg.stages.values()):
+        raise ConfigError(f"sketch: no NeRF stage of recipe '{cfg.recipe}' weights loss.sketch; expected "
+                          "recipe=latent-nerf or stages.<name>.loss.sketch=<weight>")
+    cfg.sketch = str(path.resolve())
 
 
 def _check_nerfacc(key: str, device: str) -> None:

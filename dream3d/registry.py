@@ -17,6 +17,7 @@ T = TypeVar("T")
 # imports
 SYSTEMS: dict[str, str] = {
     "nerf-sds": "dream3d.systems.nerf:NeRFSystem",
+    "latent-nerf": "dream3d.systems.nerf:LatentNeRFSystem",
     "dmtet": "dream3d.systems.mesh:DMTetSystem",
     "dmtet-geometry": "dream3d.systems.mesh:DMTetGeometrySystem",
     "mesh-texture": "dream3d.systems.mesh:MeshTextureSystem",

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 class Background(nn.Module):
     """Background colour per ray: a learned function of the view direction (``mlp``), fixed, or random."""
 
-    def __init__(self, kind: str = "mlp", color: tuple[float, float, float] = (1.0, 1.0, 1.0), n_freq: int = 2):
+    def __init__(self, kind: str = "mlp", color: tuple[float, ...] = (1.0, 1.0, 1.0), n_freq: int = 2):
         super().__init__()
         self.kind = kind
         self.n_freq = n_freq
@@ -22,11 +22,12 @@ class Background(nn.Module):
             self.net = nn.Sequential(nn.Linear(n_in, 32), nn.ReLU(), nn.Linear(32, 3))
 
     def forward(self, dirs: Tensor, random_color: Optional[Tensor] = None) -> Tensor:
-        """dirs [...,3] unit -> rgb [...,3] in [0,1]. ``random_color`` [3] overrides (training augmentation)."""
+        """dirs [...,3] unit -> rgb [...,3] in [0,1]. ``random_color`` [3] overrides (training augmentation). A
+        solid background's colour may have any number of channels (a latent NeRF's: the prior's latent of it)."""
         if random_color is not None:
             return random_color.expand(*dirs.shape[:-1], 3)
         if self.kind != "mlp":
-            return self.color.expand(*dirs.shape[:-1], 3)
+            return self.color.expand(*dirs.shape[:-1], self.color.shape[0])
         feats = [dirs]
         for k in range(self.n_freq):
             feats += [torch.sin((2.0**k) * math.pi * dirs), torch.cos((2.0**k) * math.pi * dirs)]

@@ -1,4 +1,5 @@
-"""Geometry of triangle meshes (verts [V,3], faces [F,3]): face and vertex normals, edge adjacency.
+"""Geometry of triangle meshes (verts [V,3], faces [F,3]): face and vertex normals, edge adjacency, solid occupancy
+on a grid (:func:`occupancy`: the evaluation's volume IoU, Sketch-Shape's target).
 
 Conventions: faces wind counter-clockwise seen from outside, so ``cross(v1 - v0, v2 - v0)`` points outwards
 (the convention of the marching-tets output, the shape world and the exporters). Edge ``k`` of a face joins
@@ -47,3 +48,60 @@ def edge_topology(faces: Tensor) -> Tensor:
     opposite[first] = torch.div(second, 3, rounding_mode="floor")
     opposite[second] = torch.div(first, 3, rounding_mode="floor")
     return opposite.view(n_faces, 3)
+
+
+def occupancy(verts: Tensor, faces: Tensor, res: int = 64, half: float = 0.5) -> Tensor:
+    """Solid occupancy of a triangle mesh at the cell centres of a ``res``^3 grid over [-half, half]^3 -> bool
+    [res,res,res] indexed [x,y,z].
+
+    Along each axis every grid column is a ray; the triangles it crosses (found by rasterising the triangles'
+    projections onto the column grid, column centres nudged off the grid lines so a ray never hits an edge
+    exactly) give a signed crossing count (the sign of the triangle normal along the ray). For a cell, the
+    crossings beyond it towards + and towards - are its winding number seen along that direction: nonzero
+    inside a closed surface, whatever its orientation, and inside the union of overlapping closed parts. A
+    cell is inside when at least 4 of its 6 rays (+-x, +-y, +-z) say so, so a hole, a missing cap or a seam
+    in a generated mesh only misleads the rays through it. Cost: proportional to the faces plus the columns
+    their projections cover; ~0.1 s for a 64^3 grid.
+    """
+    import numpy as np
+
+    v = verts.detach().double().cpu().numpy()
+    tri = v[faces.detach().cpu().numpy()]  # [F,3,3]
+    h = 2.0 * half / res
+    votes = np.zeros((res, res, res), np.int8)
+    nudge = (0.1234567 * h, 0.0765432 * h)  # column offsets: no ray through an edge or vertex on the grid lines
+    for axis, (a, b) in enumerate(((1, 2), (2, 0), (0, 1))):  # (a, b, axis) right-handed: cross2d = normal[axis]
+        p, depth = tri[:, :, [a, b]], tri[:, :, axis]
+        e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+        area2 = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]  # twice the signed projected area
+        keep = np.abs(area2) > 1e-14  # edge-on triangles cross no column
+        p, depth, area2 = p[keep], depth[keep], area2[keep]
+        lo = np.ceil((p.min(1) + half - np.array(nudge)) / h - 0.5).astype(np.int64).clip(0, res)
+        hi = np.floor((p.max(1) + half - np.array(nudge)) / h - 0.5).astype(np.int64).clip(-1, res - 1)
+        span = (hi - lo + 1).clip(min=0)  # columns per triangle along a and b
+        count = span[:, 0] * span[:, 1]
+        total = int(count.sum())
+        hist = np.zeros((res, res, res + 1), np.int32)  # [column a, column b, samples below the crossing]
+        if total:
+            t = np.repeat(np.arange(len(count)), count)
+            local = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+            ia, ib = lo[t, 0] + local // span[t, 1], lo[t, 1] + local % span[t, 1]
+            q = np.stack([(ia + 0.5) * h - half + nudge[0], (ib + 0.5) * h - half + nudge[1]], -1)
+            pt = p[t]
+
+            def edge(i: int, j: int):
+                d, r = pt[:, j] - pt[:, i], q - pt[:, i]
+                return d[:, 0] * r[:, 1] - d[:, 1] * r[:, 0]
+
+            w0, w1, w2 = edge(1, 2), edge(2, 0), edge(0, 1)
+            s = np.sign(area2[t])
+            hit = (w0 * s >= 0) & (w1 * s >= 0) & (w2 * s >= 0)
+            t, ia, ib, s = t[hit], ia[hit], ib[hit], s[hit]
+            z = (w0[hit] * depth[t, 0] + w1[hit] * depth[t, 1] + w2[hit] * depth[t, 2]) / area2[t]
+            below = np.ceil((z + half) / h - 0.5).astype(np.int64).clip(0, res)  # samples k with centre_k < z
+            np.add.at(hist, (ia, ib, below), s.astype(np.int32))
+        ahead = np.cumsum(hist[..., ::-1], -1)[..., ::-1][..., 1:]  # crossings beyond sample k (towards +)
+        behind = np.cumsum(hist, -1)[..., :-1]  # crossings before sample k (towards -)
+        inside = (ahead != 0).astype(np.int8) + (behind != 0).astype(np.int8)  # [a, b, axis]
+        votes += np.moveaxis(inside, (0, 1, 2), (a, b, axis))
+    return torch.from_numpy(votes >= 4)

@@ -147,7 +147,7 @@ class VolumeRenderer(nn.Module):
     """Renders a :class:`dream3d.representations.nerf.NeRF` for a batch of cameras.
 
     ``cfg`` is a :class:`dream3d.config.RendererConfig`. Returns a dict of images:
-    rgb [B,H,W,3] (composited over the background), opacity [B,H,W,1], depth [B,H,W,1], normal [B,H,W,3]
+    rgb [B,H,W,3] (composited over the background; [B,H,W,C] for a latent field's C channels), opacity [B,H,W,1], depth [B,H,W,1], normal [B,H,W,3]
     (world space, composited, not normalised), plus scalars ``orient`` (DreamFusion orientation penalty,
     sum of w_i max(0, n_i.d)^2 per ray, averaged over rays; weights detached), ``distortion`` (Mip-NeRF 360's,
     averaged over rays: :func:`distortion`) and ``samples`` (how many field evaluations the image took).
@@ -217,7 +217,7 @@ class VolumeRenderer(nn.Module):
         if shading != "albedo":
             light_dir = F.normalize(light_position[torch.div(ray_id, H * W, rounding_mode="floor")] - p, dim=-1)
         color = shade(field["albedo"], normal_s, light_dir, shading, self.cfg.ambient)
-        rgb = torch.zeros(R, 3, device=dev).index_add(0, ray_id, w_s[:, None] * color)
+        rgb = torch.zeros(R, color.shape[-1], device=dev).index_add(0, ray_id, w_s[:, None] * color)
         normal_img = torch.zeros(R, 3, device=dev)
         orient = torch.zeros((), device=dev)
         if normal_s is not None:
@@ -278,6 +278,6 @@ def _outputs(shape: tuple[int, int, int], rgb: Tensor, opacity: Tensor, depth: T
              dist: Tensor, samples: int) -> dict[str, Tensor]:
     """The renderer's outputs (both backends): per-ray figures [R,...] as images [B,H,W,...] and the scalars."""
     B, H, W = shape
-    return {"rgb": rgb.view(B, H, W, 3), "opacity": opacity.view(B, H, W, 1), "depth": depth.view(B, H, W, 1),
+    return {"rgb": rgb.view(B, H, W, -1), "opacity": opacity.view(B, H, W, 1), "depth": depth.view(B, H, W, 1),
             "normal": normal.view(B, H, W, 3), "orient": orient, "distortion": dist,
             "samples": torch.tensor(float(samples))}

@@ -1,6 +1,8 @@
 """NeRF representation: an implicit volume (density + albedo) over the scene box [-radius, radius]^3.
 
-A hash-grid encoding feeds one small MLP with 4 outputs: raw density and albedo logits. Density adds the
+A hash-grid encoding feeds one small MLP with 4 outputs: raw density and albedo logits (``output: rgb``), or
+1 + ``latent_channels`` outputs, raw density and the prior's latent features without an activation
+(``output: latent``, Latent-NeRF: the field's "albedo" is then a point in the prior's latent space). Density adds the
 Magic3D "blob" bias, ``blob_density * (1 - |x| / blob_radius)``, so optimisation starts from a soft ball at
 the origin instead of empty space. Normals are the negated, normalised density gradient, by autograd
 (``analytic``, differentiable for the orientation loss) or central finite differences.
@@ -31,6 +33,8 @@ class NeRFConfig:
     blob_radius: float = 0.5
     normals: str = "analytic"  # analytic (autograd of density) | finite_difference
     finite_difference_eps: float = 0.01
+    output: str = "rgb"  # rgb: albedo in (0, 1) | latent: the prior's latent channels (Latent-NeRF)
+    latent_channels: int = 4  # with output=latent: the prior's latent channel count (checked against the prior)
 
 
 class NeRF(nn.Module):
@@ -39,11 +43,13 @@ class NeRF(nn.Module):
         self.cfg = cfg
         self.radius = float(cfg.radius)
         self.encoding = make_encoding(cfg.encoding, cfg.backend)
-        self.network = MLP(self.encoding.n_output_dims, 4, cfg.hidden, cfg.hidden_layers, activation="relu")
+        self.channels = int(cfg.latent_channels) if cfg.output == "latent" else 3
+        self.network = MLP(self.encoding.n_output_dims, 1 + self.channels, cfg.hidden, cfg.hidden_layers,
+                           activation="relu")
         self.density_act = get_activation(cfg.density_activation)
 
     def _features(self, x: Tensor) -> Tensor:
-        """x [N,3] world -> raw [N,4] (density logit with blob bias, albedo logits)."""
+        """x [N,3] world -> raw [N,1+C] (density logit with blob bias, albedo logits or latents)."""
         u = ((x / self.radius) + 1.0) * 0.5
         return self._add_blob(self.network(self.encoding(u.clamp(0.0, 1.0))), x)
 
@@ -68,7 +74,7 @@ class NeRF(nn.Module):
         return self.density_act(self._features(x)[:, 0])
 
     def forward(self, x: Tensor, with_normals: bool = False) -> dict[str, Tensor]:
-        """x [N,3] -> {"density": [N], "albedo": [N,3] in (0,1), "normal": [N,3] unit (if asked)}."""
+        """x [N,3] -> {"density": [N], "albedo": [N,3] in (0,1) (latent: [N,C]), "normal": [N,3] unit (if asked)}."""
         if with_normals and self.cfg.normals == "analytic" and hasattr(self.encoding, "forward_with_jacobian"):
             feat, grad = self._features_and_gradient(x)
             sigma = self.density_act(feat[:, 0])
@@ -93,7 +99,7 @@ class NeRF(nn.Module):
                 pts = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets], dim=1).reshape(-1, 3)
                 d = self.density(pts).view(-1, 2, 3)
                 normal = -(d[:, 0] - d[:, 1]) / (2 * eps)
-        out = {"density": sigma, "albedo": torch.sigmoid(feat[:, 1:])}
+        out = {"density": sigma, "albedo": torch.sigmoid(feat[:, 1:]) if self.cfg.output == "rgb" else feat[:, 1:]}
         if normal is not None:
             out["normal"] = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return out
@@ -103,3 +109,16 @@ class NeRF(nn.Module):
             {"params": list(self.encoding.parameters()), "lr": optim_cfg.lr_encoding, "name": "encoding"},
             {"params": list(self.network.parameters()), "lr": optim_cfg.lr_network, "name": "network"},
         ]
+
+
+def rgb_head_from_latent(weight: Tensor, bias: Tensor, latent_rgb: Tensor) -> tuple[Tensor, Tensor]:
+    """The output layer of an RGB NeRF that starts where a latent NeRF's colours are (Latent-NeRF's RGB refinement).
+
+    ``weight`` [1+C, H], ``bias`` [1+C]: the latent NeRF's output layer (density row, C latent rows);
+    ``latent_rgb`` [C+1, 3]: the affine map rgb ≈ [latent, 1] M (:func:`dream3d.prior.latent.latent_rgb_map`).
+    The density row is kept; the albedo logits become 4 (rgb - 1/2) with rgb the mapped latent, so that
+    sigmoid(logit) ≈ rgb over most of [0, 1] (sigmoid(4 (x - 1/2)) is within 0.12 of x). Returns ([4, H], [4])."""
+    A, c = latent_rgb[:-1].to(weight), latent_rgb[-1].to(weight)  # [C,3], [3]
+    w_rgb = 4.0 * A.t() @ weight[1:]  # [3,H]
+    b_rgb = 4.0 * (A.t() @ bias[1:] + c - 0.5)
+    return torch.cat([weight[:1], w_rgb]), torch.cat([bias[:1], b_rgb])

@@ -34,6 +34,7 @@ class LossConfig:
     distortion: Any = 0.0  # NeRF stages: Mip-NeRF 360's distortion, weight spread along rays (haze, fog)
     normal_consistency: Any = 0.0  # mesh stages: 1 - cos between the normals of adjacent faces
     laplacian: Any = 0.0  # mesh stages: squared distance of each vertex from its neighbours' mean (x resolution^2)
+    sketch: Any = 0.0  # NeRF stages with the run's sketch mesh: Sketch-Shape (representations/sketch.py)
 
 
 @dataclass

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from dream3d.cameras import Cameras
 from dream3d.render.background import Background
 from dream3d.render.volume import VolumeRenderer
-from dream3d.representations.nerf import NeRF
+from dream3d.errors import Dream3DError
+from dream3d.representations.nerf import NeRF, rgb_head_from_latent
 from dream3d.systems.base import BaseSystem, choose_shading, opacity_entropy_loss, sparsity_loss
 
 
@@ -50,6 +51,31 @@ class NeRFSystem(BaseSystem):
     regularizers. State: ``particles.<k>.{nerf,background,renderer}`` and, for VSD, ``guidance.*``."""
 
     Particle = NeRFParticle
+
+    def __init__(self, run_cfg, stage_name: str, stage_cfg, prior, run_dir=None):
+        super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
+        # Sketch-Shape (representations/sketch.py): the run's sketch mesh, in stages that weight loss.sketch; held
+        # outside the module tree (the config names the file, no checkpoint carries it)
+        self.sketch = None
+        if getattr(run_cfg, "sketch", "") and self.wants("sketch"):
+            from dream3d.representations.sketch import SketchShape
+
+            self.sketch = SketchShape.load(run_cfg.sketch, stage_cfg.representation.radius, run_cfg.sketch_sigma)
+
+    def initialise(self, state: dict[str, Tensor], init_cfg) -> None:
+        """From an earlier NeRF stage; from a latent NeRF (Latent-NeRF's RGB refinement) the density is kept and
+        the colour head starts at the latent colours through the affine latent -> rgb map the latent particle
+        holds (:func:`dream3d.representations.nerf.rgb_head_from_latent`); its background is not taken."""
+        if init_cfg.representation.output == "latent" and self.stage_cfg.representation.output == "rgb":
+            state = dict(state)
+            for k, particle in enumerate(self.particles):
+                key = f"particles.{k}.nerf.network.layers.{len(particle.nerf.network.layers) - 1}"
+                latent_rgb = state.pop(f"particles.{k}.latent_rgb")
+                state[key + ".weight"], state[key + ".bias"] = rgb_head_from_latent(
+                    state[key + ".weight"], state[key + ".bias"], latent_rgb)
+                for name in [n for n in state if n.startswith(f"particles.{k}.background.")]:
+                    del state[name]
+        super().initialise(state, init_cfg)
 
     def configure_optimizers(self):
         o = self.stage_cfg.optim
@@ -113,6 +139,10 @@ class NeRFSystem(BaseSystem):
             terms["opacity"] = opacity_entropy_loss(out["opacity"])
         if self.wants("distortion"):
             terms["distortion"] = out["distortion"]
+        if self.sketch is not None:
+            gen = torch.Generator().manual_seed(self.run_cfg.seed * 1_000_003 + 7 * self.step + 1)
+            delta = 2.0 * particle.renderer.radius / self.stage_cfg.renderer.num_samples
+            terms["sketch"] = self.sketch.loss(particle.nerf.density, delta, gen, self.device)
         return terms
 
     def step_figures(self, outs: list[dict[str, Tensor]]) -> dict[str, float]:
@@ -124,3 +154,83 @@ class NeRFSystem(BaseSystem):
 
     def render_validation(self, particle, cams: Cameras) -> dict[str, Tensor]:
         return self.render_particle(particle, cams, "albedo", with_normals=True)
+
+
+class LatentNeRFParticle(NeRFParticle):
+    """A latent NeRF (``representation.output: latent``): its field outputs the prior's latent channels, its
+    background is the prior's latent of the renderer's background colour, and it holds the affine
+    latent -> rgb map (``latent_rgb``, :func:`dream3d.prior.latent.latent_rgb_map`) for its export and for the
+    RGB refinement that starts from it. Both buffers are set by the system from the prior and checkpointed."""
+
+    def __init__(self, stage_cfg):
+        super().__init__(stage_cfg)
+        C = int(stage_cfg.representation.latent_channels)
+        self.background = Background("solid", (0.0,) * C)
+        self.register_buffer("latent_rgb", torch.zeros(C + 1, 3))
+
+    def bake(self, texture_size: int, max_faces: Optional[int], resolution: int = 128,
+             threshold: Optional[float] = None):
+        """Marching cubes on the density; the colour is the latent through ``latent_rgb`` (an approximation: the
+        recipe's RGB refinement stage is what exports real colours)."""
+        from dream3d.export.mesh import bake_mesh
+        from dream3d.prior.latent import latents_to_rgb
+
+        nerf = self.nerf
+        return bake_mesh(nerf.density, lambda x: latents_to_rgb(nerf(x)["albedo"], self.latent_rgb), nerf.radius,
+                         resolution, threshold, texture_size, max_faces), None
+
+
+class LatentNeRFSystem(NeRFSystem):
+    r"""Latent-NeRF (Metzer et al. 2022): a NeRF whose colour channels are the latent prior's C latent channels,
+    rendered at the latent resolution and scored by SDS directly in latent space:
+
+        z = Σ_i T_i α_i f_i + (1 - Σ_i T_i α_i) z_bg          (per pixel of the h x w latent image)
+        ∇_θ L = w(t) (ε̂(z_t; y, t) - ε) ∂z/∂θ                 (SDS, guidance/sds.py, latent space)
+
+    with f_i ∈ R^C the field's latent at sample i (no activation), T_i α_i the usual volume-rendering weights,
+    z_bg the VAE's latent of the solid background colour (what the shipped prior saw: white), and ε̂ the guided
+    noise prediction. No VAE encoder runs (Latent-NeRF's saving: the render is already a latent, at 1/f of the
+    image size); the renders are not shaded (a latent has no albedo to light). Validation grids show the VAE's
+    decoding of latent renders at the eval size, resized to it. Sketch-Shape (``sketch=<mesh>``) constrains the
+    density (:mod:`dream3d.representations.sketch`).
+
+    Where dream3d departs from the paper: the background latent is fixed (the prior's world has one background)
+    rather than learned, and the refinement's colour head starts from an affine latent -> rgb fit to the prior's
+    own VAE (:func:`dream3d.representations.nerf.rgb_head_from_latent`) instead of a fixed SD matrix."""
+
+    Particle = LatentNeRFParticle
+
+    def __init__(self, run_cfg, stage_name: str, stage_cfg, prior, run_dir=None):
+        super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
+        if prior is None:  # rebuilt to read a checkpoint: the buffers come from it
+            return
+        C = int(stage_cfg.representation.latent_channels)
+        if not prior.is_latent or int(prior.unet.config.in_channels) != C:
+            have = int(prior.unet.config.in_channels) if prior.is_latent else "none (a pixel prior)"
+            raise Dream3DError(f"stages.{stage_name}.representation.latent_channels: {C}, but the prior ({prior.path}) "
+                               f"has latent channels {have}; expected a latent prior with {C}")
+        from dream3d.prior.latent import latent_rgb_map, solid_latents
+
+        background = solid_latents(prior, torch.tensor([stage_cfg.renderer.background_color]))[0]
+        latent_rgb = latent_rgb_map(prior)
+        for particle in self.particles:
+            particle.background.color.copy_(background)
+            particle.latent_rgb.copy_(latent_rgb)
+
+    def render_training(self, particle, k: int, cams: Cameras, step: int, gen: torch.Generator) -> dict[str, Tensor]:
+        with_normals = self.wants("orient")
+        out = self.render_particle(particle, cams, "albedo", stratified=True, generator=gen, with_normals=with_normals)
+        out["with_normals"] = with_normals
+        return out
+
+    def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
+        """The latent render itself goes to the guidance ([B,C,h,w]): no encoder."""
+        return out["rgb"], out["rgb"].permute(0, 3, 1, 2)
+
+    def render_validation(self, particle, cams: Cameras) -> dict[str, Tensor]:
+        out = self.render_particle(particle, cams, "albedo", with_normals=True)
+        lat = out["rgb"].permute(0, 3, 1, 2)
+        H, W = lat.shape[-2:]
+        rgb = self.prior.decode(lat.to(self.prior.dtype)).float()
+        out["rgb"] = torch.nn.functional.interpolate(rgb, (H, W), mode="area").permute(0, 2, 3, 1)
+        return out

@@ -1,0 +1,42 @@
+"""A latent prior's latent space seen from RGB: the latent of a solid colour, and an affine map from latents back
+to colours (Latent-NeRF and Latent-Paint: a field that outputs latents needs a background latent, a preview
+and, for export and its RGB refinement, a colour per point).
+
+The VAE is not a per-pixel map (its decoder is a convolutional network), so no exact latent -> colour function
+of one point exists; :func:`latent_rgb_map` fits the best affine one on solid colours, where the latents are
+nearly constant over the image. Latent-NeRF does the same for Stable Diffusion with a fixed 4x3 matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def solid_latents(prior, colors: Tensor) -> Tensor:
+    """colors [N,3] in [0,1] -> [N,C]: the mean latent (posterior mean, times the VAE's scaling factor) of a solid
+    image of each colour at the prior's size."""
+    if not prior.is_latent:
+        raise ValueError(f"prior {prior.path}: a pixel-space prior has no latent space (expected a latent prior)")
+    size = prior.image_size
+    images = colors.to(prior.device, torch.float32).view(-1, 3, 1, 1).expand(-1, 3, size, size)
+    posterior = prior.vae.encode((images * 2 - 1).to(prior.dtype)).latent_dist
+    return (posterior.mean * prior.vae.config.scaling_factor).float().mean(dim=(2, 3))
+
+
+@torch.no_grad()
+def latent_rgb_map(prior, levels: int = 5) -> Tensor:
+    """The affine map M [C+1,3] with rgb ≈ [latent, 1] M, least squares over ``levels``^3 solid colours
+    (:func:`solid_latents`) of the RGB cube."""
+    axis = torch.linspace(0.0, 1.0, levels)
+    colors = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    lat = solid_latents(prior, colors).cpu()
+    X = torch.cat([lat, torch.ones(lat.shape[0], 1)], dim=1).double()
+    return torch.linalg.lstsq(X, colors.double()).solution.float()
+
+
+def latents_to_rgb(latents: Tensor, latent_rgb: Tensor) -> Tensor:
+    """latents [...,C] -> rgb [...,3] in [0,1] through the affine map [C+1,3] (:func:`latent_rgb_map`)."""
+    M = latent_rgb.to(latents)
+    return (latents @ M[:-1] + M[-1]).clamp(0.0, 1.0)
