@@ -12,7 +12,7 @@ import torch
 from dream3d import cli
 from dream3d.cameras import turntable
 from dream3d.config import ConfigError, load_config
-from dream3d.representations.nerf import NeRF, NeRFConfig, rgb_head_from_latent
+from dream3d.representations.nerf import NeRF, rgb_head_from_latent
 
 
 def small(stages=("latent", "refine"), size=8, **per_stage) -> list[str]:

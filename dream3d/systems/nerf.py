@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from dream3d.cameras import Cameras
+from dream3d.errors import Dream3DError
 from dream3d.render.background import Background
 from dream3d.render.volume import VolumeRenderer
-from dream3d.errors import Dream3DError
 from dream3d.representations.nerf import NeRF, rgb_head_from_latent
 from dream3d.systems.base import BaseSystem, choose_shading, opacity_entropy_loss, sparsity_loss
 
