@@ -78,6 +78,7 @@ class RunConfig:
     # weighting loss.sketch (the latent-nerf recipe's), lenient within about sketch_sigma of its surface
     sketch: str = ""
     sketch_sigma: float = 0.1
+    mesh: str = ""  # Latent-Paint (recipe latent-paint): the mesh to texture, a .glb/.obj/.ply file
     attention_slicing: bool = False  # the prior's UNet attention in slices, its VAE a sample at a time (less memory)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -112,6 +113,7 @@ KEY_HELP = {
                   "in stages with guidance.text_prior (its colours; the camera from prior)",
     "sketch": "a rough closed mesh (.glb/.obj/.ply, world units: Y up, front +Z, inside the box of radius 1) that "
               "steers the shape (Sketch-Shape); used by stages weighting loss.sketch, e.g. recipe=latent-nerf",
+    "mesh": "recipe=latent-paint: the mesh to texture (.glb/.obj/.ply; centred and scaled to the object size)",
     "sketch_sigma": "Sketch-Shape's leniency: within about this distance of the sketch's surface the shape is free",
     "attention_slicing": "compute the prior's UNet attention in slices and its VAE a sample at a time: less GPU "
                          "memory (a Stable Diffusion recipe on an 8 GB card), a little slower",
@@ -686,6 +688,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"name: expected a folder name without '/', got '{cfg.name}'")
     if not cfg.stages:
         raise ConfigError(f"stages: recipe '{cfg.recipe}' defines no stages")
+    _check_paint(cfg)
     if cfg.export:
         from dream3d.export.mesh import FORMATS
 
@@ -738,9 +741,9 @@ def validate(cfg: RunConfig) -> None:
         n = st.representation
         _choice(f"{p}.representation.backend", n.backend, ["auto", "torch", "tcnn"])
         _choice(f"{p}.representation.output", n.output, ["rgb", "latent"])
-        if (n.output == "latent") != (st.system == "latent-nerf"):
+        if (n.output == "latent") != (st.system in LATENT_SYSTEMS):
             raise ConfigError(f"{p}.representation.output: '{n.output}' with system '{st.system}'; expected latent "
-                              "exactly with system latent-nerf (rgb otherwise)")
+                              f"exactly with systems {', '.join(LATENT_SYSTEMS)} (rgb otherwise)")
         if n.latent_channels < 1:
             raise ConfigError(f"{p}.representation.latent_channels: expected a positive integer, got {n.latent_channels}")
         _choice(f"{p}.representation.normals", n.normals, ["analytic", "finite_difference"])
@@ -785,6 +788,36 @@ def validate(cfg: RunConfig) -> None:
     cfg.prior = resolve_prior_path(cfg.prior)
     if cfg.text_prior:
         cfg.text_prior = resolve_prior_path(cfg.text_prior, "text_prior")
+
+
+LATENT_SYSTEMS = ("latent-nerf", "latent-paint")  # the systems whose field outputs the prior's latent channels
+PAINT_SYSTEMS = ("latent-paint", "mesh-paint")  # the systems that texture a given mesh (Latent-Paint)
+
+
+def _check_paint(cfg: RunConfig) -> None:
+    """``mesh=<file>`` becomes the ``mesh.init`` of the stages that paint a given mesh; those stages need one."""
+    from dream3d.export.mesh import FORMATS
+
+    painting = [name for name, st in cfg.stages.items() if st.system in PAINT_SYSTEMS]
+    if cfg.mesh:
+        path = Path(cfg.mesh).expanduser()
+        if path.suffix.lower().lstrip(".") not in FORMATS or not path.is_file():
+            raise ConfigError(f"mesh: {cfg.mesh}: expected a mesh file ({', '.join('.' + f for f in FORMATS)}) "
+                              "that exists")
+        if not painting:
+            raise ConfigError(f"mesh: recipe '{cfg.recipe}' paints no given mesh; expected recipe=latent-paint")
+        cfg.mesh = str(path.resolve())
+        for name in painting:
+            cfg.stages[name].mesh.init = cfg.mesh
+    for name in painting:
+        st = cfg.stages[name]
+        source = cfg.stages.get(st.init) if st.init else None
+        if st.init is not None and (source is None or source.system not in PAINT_SYSTEMS):
+            raise ConfigError(f"stages.{name}.init: a {st.system} stage starts from an earlier latent-paint or "
+                              f"mesh-paint stage or from mesh=<file>; got {st.init!r}")
+        if st.init is None and st.mesh.init in ("sphere", "ellipsoid"):
+            raise ConfigError(f"mesh: recipe '{cfg.recipe}' textures a given mesh; expected mesh=<a .glb, .obj or "
+                              ".ply file>")
 
 
 def _check_sketch(cfg: RunConfig) -> None:

@@ -21,6 +21,8 @@ SYSTEMS: dict[str, str] = {
     "dmtet": "dream3d.systems.mesh:DMTetSystem",
     "dmtet-geometry": "dream3d.systems.mesh:DMTetGeometrySystem",
     "mesh-texture": "dream3d.systems.mesh:MeshTextureSystem",
+    "latent-paint": "dream3d.systems.mesh:LatentPaintSystem",
+    "mesh-paint": "dream3d.systems.mesh:MeshPaintSystem",
 }
 GUIDANCES: dict[str, str] = {"sds": "dream3d.guidance.sds:SDSGuidance", "vsd": "dream3d.guidance.vsd:VSDGuidance"}
 

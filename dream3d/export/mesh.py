@@ -280,14 +280,15 @@ def bake_mesh(
 
 def bake_surface(
     verts: Tensor, faces: Tensor, color_fn: ColorFn, texture_size: int = 1024, max_faces: Optional[int] = None,
-    roughness: Optional[float] = None, metallic: Optional[float] = None,
+    roughness: Optional[float] = None, metallic: Optional[float] = None, keep_largest: bool = True,
 ) -> tuple[TexturedMesh, bool]:
-    """Texture an explicit surface (a DMTet's marching-tets mesh): weld and clean it, keep the largest piece,
-    decimate to ``max_faces``, unwrap and bake ``color_fn``. Returns the mesh and whether the cleaned surface
-    is watertight (checked before the UV seams split its vertices)."""
+    """Texture an explicit surface (a DMTet's marching-tets mesh): weld and clean it, keep the largest piece
+    (unless ``keep_largest`` is false: a user's mesh of several parts), decimate to ``max_faces``, unwrap and bake
+    ``color_fn``. Returns the mesh and whether the cleaned surface is watertight (checked before the UV seams split
+    its vertices)."""
     if faces.shape[0] == 0:
         raise ValueError("empty surface: the mesh stage has no faces (no sign change in its sdf)")
-    mesh = _cleanup(verts.detach().cpu().numpy(), faces.cpu().numpy(), True, max_faces)
+    mesh = _cleanup(verts.detach().cpu().numpy(), faces.cpu().numpy(), keep_largest, max_faces)
     watertight = bool(mesh.is_watertight)
     v = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
     f = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)

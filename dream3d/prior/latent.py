@@ -10,6 +10,7 @@ nearly constant over the image. Latent-NeRF does the same for Stable Diffusion w
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -34,6 +35,24 @@ def latent_rgb_map(prior, levels: int = 5) -> Tensor:
     lat = solid_latents(prior, colors).cpu()
     X = torch.cat([lat, torch.ones(lat.shape[0], 1)], dim=1).double()
     return torch.linalg.lstsq(X, colors.double()).solution.float()
+
+
+@torch.no_grad()
+def fit_latent_rgb(prior, latents: Tensor, mask: Tensor, min_pixels: int = 16):
+    """The affine map M [C+1,3] (rgb ≈ [latent, 1] M) that best explains the VAE's own decoding of some latent
+    images: ``latents`` [N,C,h,w] (renders of a latent field), ``mask`` [N,1,h,w] (the pixels to fit: the object's).
+    Each latent pixel is paired with the mean colour of the f x f pixels it decodes to. A field's latents are not
+    the latents of solid colours (:func:`latent_rgb_map`), so this map, fitted on the field's own renders, is the one
+    to carry its colours over. None when fewer than ``min_pixels`` pixels are masked."""
+    f = prior.vae_scale_factor
+    rgb = F.avg_pool2d(prior.decode(latents.to(prior.device, prior.dtype)).float(), f).cpu()  # [N,3,h,w]
+    keep = mask.cpu().bool().expand_as(latents[:, :1]).reshape(-1)
+    if int(keep.sum()) < min_pixels:
+        return None
+    lat = latents.float().cpu().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])[keep]
+    X = torch.cat([lat, torch.ones(lat.shape[0], 1)], dim=1).double()
+    y = rgb.permute(0, 2, 3, 1).reshape(-1, 3)[keep].double()
+    return torch.linalg.lstsq(X, y).solution.float()
 
 
 def latents_to_rgb(latents: Tensor, latent_rgb: Tensor) -> Tensor:

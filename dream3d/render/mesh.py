@@ -126,15 +126,16 @@ def render_mesh(
         view = F.normalize(cams.position.to(verts)[batch_index] - points, dim=-1, eps=1e-12)
         colour = shade_fn(material, points, _at(normal, idx), view, batch_index).to(verts)
 
-    albedo_image = verts.new_zeros(B * H * W, 3).index_put((idx,), base).view(B, H, W, 3)
-    shaded = verts.new_zeros(B * H * W, 3).index_put((idx,), colour).view(B, H, W, 3)
-    bg = torch.as_tensor(background, dtype=verts.dtype, device=verts.device).expand(B, H, W, 3)
+    C = colour.shape[-1]  # 3, or a latent field's channel count (Latent-Paint: then ``background`` has C values)
+    albedo_image = verts.new_zeros(B * H * W, base.shape[-1]).index_put((idx,), base).view(B, H, W, -1)
+    shaded = verts.new_zeros(B * H * W, C).index_put((idx,), colour).view(B, H, W, C)
+    bg = torch.as_tensor(background, dtype=verts.dtype, device=verts.device).expand(B, H, W, C)
     layers = [torch.where(mask, shaded, bg), *([normal] if antialias_normals else []), mask.to(verts.dtype)]
     image = torch.cat(layers, dim=-1)
     if antialiased and faces.shape[0]:
         image = antialias(image, rast, clip, faces, topology=topology)
-    return {"rgb": image[..., :3], "opacity": image[..., -1:],
-            "normal": image[..., 3:6] if antialias_normals else normal * mask, "albedo": albedo_image,
+    return {"rgb": image[..., :C], "opacity": image[..., -1:],
+            "normal": image[..., C:C + 3] if antialias_normals else normal * mask, "albedo": albedo_image,
             "depth": rast.depth[..., None]}
 
 

@@ -111,14 +111,16 @@ class NeRF(nn.Module):
         ]
 
 
-def rgb_head_from_latent(weight: Tensor, bias: Tensor, latent_rgb: Tensor) -> tuple[Tensor, Tensor]:
-    """The output layer of an RGB NeRF that starts where a latent NeRF's colours are (Latent-NeRF's RGB refinement).
+def rgb_head_from_latent(weight: Tensor, bias: Tensor, latent_rgb: Tensor, keep: int = 1) -> tuple[Tensor, Tensor]:
+    """The output layer of an RGB field that starts where a latent field's colours are (Latent-NeRF's RGB
+    refinement, Latent-Paint's RGB stage).
 
-    ``weight`` [1+C, H], ``bias`` [1+C]: the latent NeRF's output layer (density row, C latent rows);
-    ``latent_rgb`` [C+1, 3]: the affine map rgb ≈ [latent, 1] M (:func:`dream3d.prior.latent.latent_rgb_map`).
-    The density row is kept; the albedo logits become 4 (rgb - 1/2) with rgb the mapped latent, so that
-    sigmoid(logit) ≈ rgb over most of [0, 1] (sigmoid(4 (x - 1/2)) is within 0.12 of x). Returns ([4, H], [4])."""
+    ``weight`` [k+C, H], ``bias`` [k+C]: the latent field's output layer (``keep`` = k leading rows that are not
+    colour, the NeRF's density row, then C latent rows); ``latent_rgb`` [C+1, 3]: the affine map rgb ≈ [latent, 1] M
+    (:func:`dream3d.prior.latent.latent_rgb_map`). The leading rows are kept; the colour logits become
+    4 (rgb - 1/2) with rgb the mapped latent, so that sigmoid(logit) ≈ rgb over most of [0, 1] (sigmoid(4 (x - 1/2))
+    is within 0.12 of x). Returns ([k+3, H], [k+3])."""
     A, c = latent_rgb[:-1].to(weight), latent_rgb[-1].to(weight)  # [C,3], [3]
-    w_rgb = 4.0 * A.t() @ weight[1:]  # [3,H]
-    b_rgb = 4.0 * (A.t() @ bias[1:] + c - 0.5)
-    return torch.cat([weight[:1], w_rgb]), torch.cat([bias[:1], b_rgb])
+    w_rgb = 4.0 * A.t() @ weight[keep:]  # [3,H]
+    b_rgb = 4.0 * (A.t() @ bias[keep:] + c - 0.5)
+    return torch.cat([weight[:keep], w_rgb]), torch.cat([bias[:keep], b_rgb])

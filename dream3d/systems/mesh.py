@@ -15,6 +15,10 @@ Three stages, one class each (the ``system`` names of the registry), each with i
 * ``mesh-texture`` (Fantasia3D's appearance stage, ProlificDreamer's stage 3): the geometry of an earlier
   DMTet stage is fixed (meshed once) and a texture trains: the DMTet's albedo field (``mesh.material=albedo``)
   or a PBR material field (albedo, roughness, metallic) lit by an environment light (``pbr``).
+* ``latent-paint`` and ``mesh-paint`` (Latent-Paint, Metzer et al. 2022): a user's mesh (``mesh=<file>``), kept
+  exactly as given (centred, scaled to the camera's ``framing_radius``), and a colour field on it
+  (:class:`~dream3d.fields.colour.ColourField`): first in the prior's latent space, rendered at the latent size
+  and scored without the VAE encoder, then in RGB, started from the latent colours.
 
 Regularizers of the geometry (weights in ``loss``): ``normal_consistency`` and ``laplacian``
 (:mod:`dream3d.systems.base`). State per particle: ``particles.<k>.dmtet.*`` (+ ``material.*``, ``light.*``).
@@ -22,6 +26,7 @@ Regularizers of the geometry (weights in ``loss``): ``normal_consistency`` and `
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dream3d.cameras import Cameras
+from dream3d.errors import Dream3DError
 from dream3d.render.mesh import render_mesh
 from dream3d.render.shading import shade
 from dream3d.representations.dmtet import DMTet
@@ -107,6 +113,79 @@ class TextureParticle(MeshParticle):
         verts, _ = self.dmtet.mesh()
         sample = field(verts[: 65536])
         return (lambda x: field(x)["albedo"]), float(sample["roughness"].mean()), float(sample["metallic"].mean())
+
+
+class PaintParticle(nn.Module):
+    """A given mesh and a colour field on it (``mesh-paint``; ``latent-paint``'s :class:`LatentPaintParticle`).
+
+    The mesh (``mesh.init``, a GLB/OBJ/PLY file) is read when the particle is built, centred on its bounding box and
+    scaled so that its farthest vertex is at the camera's ``framing_radius`` (the size the stage's cameras frame),
+    and kept in the checkpoint (``verts``, ``faces``): export does not need the file again."""
+
+    volume = False
+    required = "field."
+    material: Optional[nn.Module] = None
+    light: Optional[nn.Module] = None
+
+    def __init__(self, stage_cfg):
+        super().__init__()
+        from dream3d.fields.colour import ColourField
+
+        self.field = ColourField(stage_cfg.representation)
+        verts, faces = torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long)
+        path = stage_cfg.mesh.init
+        if path not in ("sphere", "ellipsoid") and Path(path).is_file():
+            verts, faces = load_paint_mesh(path, stage_cfg.camera.framing_radius)
+        self.register_buffer("verts", verts)
+        self.register_buffer("faces", faces)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("verts", "faces"):  # the checkpoint's mesh, whatever this particle was built with
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def surface(self) -> tuple[Tensor, Tensor]:
+        return self.verts, self.faces
+
+    def colour_field(self):
+        return self.field
+
+    def bake_colour(self):
+        return self.field
+
+    def bake(self, texture_size: int, max_faces: Optional[int], resolution: int = 128,
+             threshold: Optional[float] = None):
+        """The given mesh (every part of it) with the field baked into a texture."""
+        from dream3d.export.mesh import bake_surface
+
+        return bake_surface(self.verts, self.faces, self.bake_colour(), texture_size, max_faces, keep_largest=False)
+
+
+class LatentPaintParticle(PaintParticle):
+    """Latent-Paint's particle: the field outputs the prior's latents; ``latent_rgb`` (set from the prior by the
+    system, checkpointed) maps them to colours for its export and for the RGB stage that starts from it."""
+
+    def __init__(self, stage_cfg):
+        super().__init__(stage_cfg)
+        self.register_buffer("latent_rgb", torch.zeros(int(stage_cfg.representation.latent_channels) + 1, 3))
+
+    def bake_colour(self):
+        from dream3d.prior.latent import latents_to_rgb
+
+        return lambda x: latents_to_rgb(self.field(x), self.latent_rgb)
+
+
+def load_paint_mesh(path, radius: float) -> tuple[Tensor, Tensor]:
+    """A mesh file -> (verts [V,3], faces [F,3]) centred on its bounding box, its farthest vertex at ``radius``."""
+    from dream3d.export.mesh import load_mesh
+
+    mesh = load_mesh(path)
+    verts, faces = mesh.verts.float(), mesh.faces.long()
+    if faces.shape[0] == 0:
+        raise ValueError(f"{path}: the mesh has no faces")
+    verts = verts - (verts.min(0).values + verts.max(0).values) / 2
+    return verts * (float(radius) / float(verts.norm(dim=-1).max().clamp_min(1e-9))), faces
 
 
 def ellipsoid_sdf(axes: list[float]):
@@ -211,12 +290,17 @@ class MeshSystem(BaseSystem):
 
         return lambert
 
+    two_sided = False  # DMTet surfaces are closed and wound outwards
+
+    def background(self) -> Tensor:
+        """The colour behind the object in the stage's renders (``mesh.background_color``)."""
+        return torch.tensor(self.stage_cfg.mesh.background_color, device=self.device)
+
     def render(self, particle: MeshParticle, cams: Cameras, shading: str = "albedo") -> dict[str, Tensor]:
         cams = cams.to(self.device)
         verts, faces = particle.surface()
-        bg = torch.tensor(self.stage_cfg.mesh.background_color, device=self.device)
         out = render_mesh(verts, faces, cams, particle.colour_field(), shade=self.shade_fn(particle, shading, cams),
-                          two_sided=False, antialias_normals=True, background=bg,
+                          two_sided=self.two_sided, antialias_normals=True, background=self.background(),
                           backend=self.stage_cfg.renderer.backend)
         out.update(verts=verts, faces=faces)
         return out
@@ -329,3 +413,117 @@ class MeshTextureSystem(MeshSystem):
 
     def regularizers(self, particle, out: dict[str, Tensor]) -> dict[str, Tensor]:
         return {}  # the geometry is fixed
+
+
+class MeshPaintSystem(MeshSystem):
+    """Texture a given mesh (``mesh-paint``; Latent-Paint's RGB stage): the geometry is the user's mesh, fixed; an
+    RGB colour field on it trains on shaded renders (as the DMTet stage's). Started from a ``latent-paint`` stage,
+    the field's output layer starts at the latent colours (:func:`dream3d.representations.nerf.rgb_head_from_latent`).
+    The mesh is rendered two-sided: a user's mesh need not be closed or consistently wound."""
+
+    Particle = PaintParticle
+    two_sided = True
+
+    def init_without_stage(self) -> None:
+        if self.particles[0].faces.shape[0] == 0:
+            raise ValueError(f"stage '{self.stage_name}': mesh.init: expected a mesh file to paint, got "
+                             f"'{self.stage_cfg.mesh.init}'")
+
+    def initialise(self, state: dict[str, Tensor], init_cfg) -> None:
+        from dream3d.representations.nerf import rgb_head_from_latent
+
+        state = dict(state)
+        if init_cfg.representation.output == "latent" and self.stage_cfg.representation.output == "rgb":
+            for k, particle in enumerate(self.particles):
+                key = f"particles.{k}.field.network.layers.{len(particle.field.network.layers) - 1}"
+                latent_rgb = self.latent_colours(state, k, init_cfg)
+                state.pop(f"particles.{k}.latent_rgb")
+                state[key + ".weight"], state[key + ".bias"] = rgb_head_from_latent(
+                    state[key + ".weight"], state[key + ".bias"], latent_rgb, keep=0)
+        self.load_state_dict(state, strict=False)
+
+    LATENT_VIEWS = 16  # renders of the latent field whose decoding fits its latent -> rgb map
+
+    @torch.no_grad()
+    def latent_colours(self, state: dict[str, Tensor], k: int, init_cfg) -> Tensor:
+        """Particle ``k``'s affine latent -> rgb map, fitted to the VAE's decoding of :data:`LATENT_VIEWS` latent
+        renders of the painted mesh (:func:`dream3d.prior.latent.fit_latent_rgb`, as the Latent-NeRF refinement
+        does); the particle's solid-colour map without a prior."""
+        import copy
+
+        from dream3d.cameras import sample_cameras
+        from dream3d.prior.latent import fit_latent_rgb, solid_latents
+
+        stored = state[f"particles.{k}.latent_rgb"]
+        prior = self.prior
+        if prior is None:
+            return stored
+        source = LatentPaintParticle(init_cfg)
+        prefix = f"particles.{k}."
+        source.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
+        cam_cfg = copy.copy(self.stage_cfg.camera)
+        cam_cfg.height = cam_cfg.width = prior.image_size // prior.vae_scale_factor
+        cams = sample_cameras(cam_cfg, torch.Generator().manual_seed(self.run_cfg.seed), batch_size=self.LATENT_VIEWS)
+        background = solid_latents(prior, torch.tensor([init_cfg.mesh.background_color]))[0]
+        out = render_mesh(source.verts, source.faces, cams, source.field, shade=None, two_sided=True,
+                          background=background)
+        fitted = fit_latent_rgb(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5)
+        return stored if fitted is None else fitted
+
+    def particle_groups(self, particle, o) -> list[dict]:
+        return particle.field.parameter_groups(o.lr_encoding, o.lr_network)
+
+    def training_shading(self, step: int, gen: torch.Generator) -> str:
+        return choose_shading(self.stage_cfg.renderer, step, gen)
+
+    def regularizers(self, particle, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {}  # the geometry is given
+
+
+class LatentPaintSystem(MeshPaintSystem):
+    r"""Latent-Paint (Metzer et al. 2022): a colour field on a given mesh whose values are the latent prior's C
+    latent channels, rasterised at the latent resolution and scored by SDS in latent space:
+
+        z(u) = f(p(u)) where pixel u sees the surface point p(u), else z_bg          (an h x w latent image)
+        ∇_θ L = w(t) (ε̂(z_t; y, t) - ε) ∂z/∂θ                                        (SDS in latent space)
+
+    with f the field (θ its parameters), z_bg the VAE's latent of the background colour, ε̂ the guided noise
+    prediction. No VAE encoder runs and the renders are not shaded (a latent is not an albedo). Validation grids
+    show the VAE's decoding of latent renders. Where dream3d departs: the paper paints a UV texture map of latents;
+    here the colours live in a hash-grid field on the surface (dream3d's texture representation everywhere), baked
+    into a UV texture at export, and the RGB stage starts from an affine latent -> rgb fit to the prior's VAE."""
+
+    Particle = LatentPaintParticle
+
+    def __init__(self, run_cfg, stage_name, stage_cfg, prior, run_dir=None):
+        super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
+        C = int(stage_cfg.representation.latent_channels)
+        self._background = torch.zeros(C)
+        if prior is None:
+            return
+        if not prior.is_latent or int(prior.unet.config.in_channels) != C:
+            have = int(prior.unet.config.in_channels) if prior.is_latent else "none (a pixel prior)"
+            raise Dream3DError(f"stages.{stage_name}.representation.latent_channels: {C}, but the prior ({prior.path}) "
+                               f"has latent channels {have}; expected a latent prior with {C}")
+        from dream3d.prior.latent import latent_rgb_map, solid_latents
+
+        self._background = solid_latents(prior, torch.tensor([stage_cfg.mesh.background_color]))[0]
+        latent_rgb = latent_rgb_map(prior)
+        for particle in self.particles:
+            particle.latent_rgb.copy_(latent_rgb)
+
+    def background(self) -> Tensor:
+        return self._background.to(self.device)
+
+    def training_shading(self, step: int, gen: torch.Generator) -> str:
+        return "albedo"
+
+    def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
+        return out["rgb"], out["rgb"].permute(0, 3, 1, 2)
+
+    def render_validation(self, particle, cams: Cameras) -> dict[str, Tensor]:
+        out = self.render(particle, cams, "albedo")
+        lat = out["rgb"].permute(0, 3, 1, 2)
+        rgb = self.prior.decode(lat.to(self.prior.dtype)).float()
+        out["rgb"] = F.interpolate(rgb, lat.shape[-2:], mode="area").permute(0, 2, 3, 1)
+        return out

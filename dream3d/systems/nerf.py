@@ -10,6 +10,7 @@ it would get alone, and sums the regularizers over particles for the same reason
 
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import torch
@@ -70,12 +71,40 @@ class NeRFSystem(BaseSystem):
             state = dict(state)
             for k, particle in enumerate(self.particles):
                 key = f"particles.{k}.nerf.network.layers.{len(particle.nerf.network.layers) - 1}"
-                latent_rgb = state.pop(f"particles.{k}.latent_rgb")
+                latent_rgb = self.latent_colours(state, k, init_cfg)
+                state.pop(f"particles.{k}.latent_rgb")
                 state[key + ".weight"], state[key + ".bias"] = rgb_head_from_latent(
                     state[key + ".weight"], state[key + ".bias"], latent_rgb)
                 for name in [n for n in state if n.startswith(f"particles.{k}.background.")]:
                     del state[name]
         super().initialise(state, init_cfg)
+
+    LATENT_VIEWS = 16  # renders of a latent NeRF whose decoding fits its latent -> rgb map
+
+    @torch.no_grad()
+    def latent_colours(self, state: dict[str, Tensor], k: int, init_cfg) -> Tensor:
+        """The affine latent -> rgb map of particle ``k`` of a latent NeRF stage (its checkpoint ``state``): fitted to
+        the VAE's decoding of :data:`LATENT_VIEWS` of its latent renders from this stage's cameras, on the object's
+        pixels (:func:`dream3d.prior.latent.fit_latent_rgb`); the particle's solid-colour map without a prior."""
+        from dream3d.cameras import sample_cameras
+        from dream3d.prior.latent import fit_latent_rgb
+
+        stored = state[f"particles.{k}.latent_rgb"]
+        prior = self.prior
+        if prior is None:
+            return stored
+        source = LatentNeRFParticle(init_cfg)
+        prefix = f"particles.{k}."
+        source.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
+        size = prior.image_size // prior.vae_scale_factor
+        cam_cfg = copy.copy(self.stage_cfg.camera)
+        cam_cfg.height = cam_cfg.width = size
+        cams = sample_cameras(cam_cfg, torch.Generator().manual_seed(self.run_cfg.seed), batch_size=self.LATENT_VIEWS)
+        rays_o, rays_d = cams.rays()
+        source.renderer.grid = None  # every sample: no grid that may lag the field
+        out = source.renderer(source.nerf, source.background, rays_o, rays_d, cams.light_position)
+        fitted = fit_latent_rgb(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5)
+        return stored if fitted is None else fitted
 
     def configure_optimizers(self):
         o = self.stage_cfg.optim
