@@ -13,6 +13,10 @@ Two measurements, each with the grid on and off in the same run:
   grid update (amortised), render, guidance, backward and optimizer.
 * ``vsd32`` and ``vsd32 x2`` (grid on only): the same step with VSD (ProlificDreamer), one particle and two
   particles (each a copy of the fitted cube), where guidance also trains the LoRA model.
+* ``latent-nerf latent`` and ``latent-nerf rgb`` (grid on): the two stages of the latent-nerf recipe at its
+  settings, each on its own fitted cube: the latent NeRF's step (a render at the prior's latent size, 16 px for
+  the shipped prior, straight into SDS: no encoder) against its RGB refinement's (32 px, SDS in image space); the
+  ratio of their totals is printed.
 
 ``--device cuda`` runs it on the GPU (the prior at its default dtype there, fp16) and adds, for each CUDA
 accelerator that can run (nerfacc for the volume renderer, tiny-cuda-nn for the hash grid), the same render64
@@ -53,16 +57,18 @@ def sync() -> None:
 
 
 def fit_to_cube(system: NeRFSystem, steps: int = 300) -> None:
-    """Supervise density (50 inside a cube of half-size 0.4, 0 outside) and albedo (red) directly."""
+    """Supervise density (50 inside a cube of half-size 0.4, 0 outside) and albedo (red; a latent NeRF: the first
+    channels of the same numbers) directly."""
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(system.nerf.parameters(), lr=0.01)
     dev = system.device
+    colour = torch.tensor([0.8, 0.1, 0.1, 0.0], device=dev)[: system.nerf.channels]
     for _ in range(steps):
         x = (torch.rand(8192, 3, generator=gen) * 2 - 1).to(dev)
         inside = (x.abs() < 0.4).all(dim=-1).float()
         out = system.nerf(x)
         loss = ((out["density"] - 50.0 * inside) ** 2).mean() * 1e-3
-        loss = loss + ((out["albedo"] - torch.tensor([0.8, 0.1, 0.1], device=dev)) ** 2 * inside[:, None]).mean()
+        loss = loss + ((out["albedo"] - colour) ** 2 * inside[:, None]).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -104,9 +110,9 @@ def bench_render64(system: NeRFSystem, iters: int) -> dict[str, float]:
     return res
 
 
-def bench_sds32(system: NeRFSystem, iters: int) -> dict[str, float]:
+def bench_sds32(system: NeRFSystem, iters: int, size: int = 32) -> dict[str, float]:
     cfg = system.stage_cfg.camera
-    cfg.height = cfg.width = 32
+    cfg.height = cfg.width = size
     opt = system.configure_optimizers()
     rows = []
     for i in range(iters + 3):
@@ -218,6 +224,18 @@ def main() -> int:
         system.renderer.cfg.grid_update_every = 16
         results[f"render64 grid on {label}"] = bench_render64(system, args.iters)
         results[f"sds32 grid on {label}"] = bench_sds32(system, args.iters)
+    for stage in ("latent", "refine"):  # the latent-nerf recipe's two stages, its settings, grid on
+        from dream3d.systems.nerf import LatentNeRFSystem
+
+        backends = [f"stages.{stage}.renderer.backend=torch", f"stages.{stage}.representation.backend=torch"]
+        cfg = load_config(["prompt=a red cube", "recipe=latent-nerf", f"prior={prior_path}", f"device={args.device}",
+                           *backends])
+        torch.manual_seed(0)
+        system = (LatentNeRFSystem if stage == "latent" else NeRFSystem)(cfg, stage, cfg.stages[stage], prior).to(device)
+        fit_to_cube(system)
+        system.renderer.cfg.grid_update_every = 16
+        size = prior.image_size // prior.vae_scale_factor if stage == "latent" else cfg.stages[stage].camera.height
+        results[f"latent-nerf {stage} ({size} px) grid on"] = bench_sds32(system, args.iters, size)
     occupied = float(grid_state["grid.occupied"].float().mean())
     print(f"prior: {prior_label}, UNet {n_params / 1e6:.2f}M parameters; threads {torch.get_num_threads()};"
           f" occupied cells {occupied:.1%}")
@@ -226,6 +244,8 @@ def main() -> int:
     print("|---" * (len(cols) + 1) + "|")
     for name, row in results.items():
         print(f"| {name} | " + " | ".join(f"{row[c]:.1f}" if c in row else "" for c in cols) + " |")
+    latent, rgb = (row["total"] for name, row in results.items() if name.startswith("latent-nerf"))
+    print(f"latent-nerf: the latent step takes {latent / rgb:.2f}x the RGB refinement's ({latent:.1f} / {rgb:.1f} ms)")
     print(f"peak RSS: {peak_rss_mb():.0f} MB")
     peak_gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.type == "cuda" else None
     if peak_gpu is not None:
