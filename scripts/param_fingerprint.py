@@ -31,8 +31,16 @@ def fingerprint(recipe: str, work: Path) -> dict[str, dict[str, str]]:
     from dream3d.run import fit
 
     stages = list(read_yaml(recipe_path(recipe), "a recipe")["stages"])
+    extra = []
+    if any(st.get("system") in ("latent-paint", "mesh-paint") for st in read_yaml(recipe_path(recipe), "a recipe")
+           ["stages"].values()):  # a recipe that paints a given mesh: the shape world's cube
+        from dream3d.cli import export_shape_glb
+        from dream3d.shapeworld import get
+
+        export_shape_glb(get("red_cube"), work / "paint.glb")
+        extra = [f"mesh={work / 'paint.glb'}"]
     cfg = load_config(["prompt=a red cube", f"recipe={recipe}", "seed=0", "threads=1", "export=false",
-                       f"steps={3 * len(stages)}", f"output_dir={work}", f"name={recipe}"])
+                       f"steps={3 * len(stages)}", f"output_dir={work}", f"name={recipe}", *extra])
     run = work / recipe
     fit(cfg, run, show_progress=False)
     out = {}
