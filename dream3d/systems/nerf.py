@@ -65,8 +65,9 @@ class NeRFSystem(BaseSystem):
 
     def initialise(self, state: dict[str, Tensor], init_cfg) -> None:
         """From an earlier NeRF stage; from a latent NeRF (Latent-NeRF's RGB refinement) the density is kept and
-        the colour head starts at the latent colours through the affine latent -> rgb map the latent particle
-        holds (:func:`dream3d.representations.nerf.rgb_head_from_latent`); its background is not taken."""
+        the colour head starts at the latent colours through an affine latent -> rgb map fitted to the VAE's decoding
+        of the latent NeRF's renders (:meth:`latent_colours`, :func:`~dream3d.representations.nerf.rgb_head_from_latent`);
+        its background is not taken."""
         if init_cfg.representation.output == "latent" and self.stage_cfg.representation.output == "rgb":
             state = dict(state)
             for k, particle in enumerate(self.particles):
