@@ -166,9 +166,9 @@ class MeshSystem(BaseSystem):
 
     def from_nerf(self, particle: MeshParticle, part: dict[str, Tensor], init_cfg):
         """The sdf from the NeRF's density level set; returns the NeRF (for subclasses that take more of it)."""
-        from dream3d.representations.nerf import NeRF
+        from dream3d.representations.nerf import make_field
 
-        nerf = NeRF(init_cfg.representation)
+        nerf = make_field(init_cfg.representation)
         nerf.load_state_dict({key[len("nerf."):]: v for key, v in part.items() if key.startswith("nerf.")})
         nerf.eval()
         with torch.no_grad():
