@@ -9,6 +9,8 @@ nearly constant over the image. Latent-NeRF does the same for Stable Diffusion w
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -40,3 +42,18 @@ def latents_to_rgb(latents: Tensor, latent_rgb: Tensor) -> Tensor:
     """latents [...,C] -> rgb [...,3] in [0,1] through the affine map [C+1,3] (:func:`latent_rgb_map`)."""
     M = latent_rgb.to(latents)
     return (latents @ M[:-1] + M[-1]).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def fit_latent_rgb(latents: Tensor, rgb: Tensor, anchor: Tensor, weights: Optional[Tensor] = None,
+                   ridge: float = 1.0) -> Tensor:
+    """The affine map M [C+1,3] fitted to pairs of latents [N,C] and their colours [N,3] (an object's latents and
+    the colours the VAE decodes where it renders them), with per-pair ``weights`` [N] (default 1), ridge-regularised
+    towards ``anchor`` [C+1,3] (:func:`latent_rgb_map`): M = argmin Σ_n w_n ‖[z_n, 1] M - rgb_n‖² + ``ridge``
+    ‖M - anchor‖², which keeps the directions the pairs do not span (an object of one colour) at the anchor's."""
+    X = torch.cat([latents.double().cpu(), torch.ones(latents.shape[0], 1, dtype=torch.float64)], dim=1)
+    w = torch.ones(X.shape[0], dtype=torch.float64) if weights is None else weights.double().cpu().reshape(-1)
+    A = anchor.double().cpu()
+    lhs = X.t() @ (w[:, None] * X) + ridge * torch.eye(X.shape[1], dtype=torch.float64)
+    rhs = X.t() @ (w[:, None] * rgb.double().cpu()) + ridge * A
+    return torch.linalg.solve(lhs, rhs).float().to(anchor.device)
