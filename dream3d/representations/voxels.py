@@ -111,7 +111,7 @@ class VoxelGrid(nn.Module):
 
         return matched_threshold(density_grid(self.density, self.radius, resolution), self.radius)
 
-    def surface_albedo(self, x: Tensor, outside: float = 2.0, inside: float = 4.0, per_voxel: int = 4) -> Tensor:
+    def surface_albedo(self, x: Tensor, outside: float = 2.0, inside: float = 4.0, per_voxel: int = 2) -> Tensor:
         """The colour the renders show at surface points x [N,3]: the albedo composited along the inward normal
         n (the negated density gradient, central differences one voxel wide) from ``outside`` voxels out to
         ``inside`` voxels in, with the renderer's quadrature, normalised by the accumulated weight:
