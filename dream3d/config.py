@@ -122,7 +122,8 @@ KEY_HELP = {
     "output_dir": "where run folders go: <output_dir>/<recipe>/<name>",
     "name": "run folder name (default <prompt-slug>-<time>)",
     "steps": "total step budget, split over the stages in the recipe's proportions",
-    "guidance": "guidance for every stage: sds | vsd (VSD uses guidance_scale 7.5 unless the stage sets it)",
+    "guidance": "guidance for every stage: sds | vsd | sjc (each at its paper's guidance_scale, 100, 7.5 and 100, "
+                "unless the stage sets one)",
     "particles": "how many 3D results to optimise together (VSD shares one LoRA model among them)",
     "export": "end fit by exporting export/model.glb and export/turntable.mp4 (false: skip)",
     "export_formats": "mesh formats written at the end of fit: comma list of glb, obj, ply",
@@ -528,7 +529,7 @@ def load_config(args: list[str] | dict[str, str], base: Optional[Any] = None) ->
 
 
 # the guidance scale each method's paper uses; ``guidance=<name>`` on the command line sets it too
-PAPER_GUIDANCE_SCALE = {"sds": 100.0, "vsd": 7.5}
+PAPER_GUIDANCE_SCALE = {"sds": 100.0, "vsd": 7.5, "sjc": 100.0}
 
 
 def _apply_shorthands(cfg: RunConfig, overrides: dict[str, str]) -> None:
@@ -615,6 +616,11 @@ def _check_hub_prior(repo: str, key: str = "prior") -> None:
                           f"fetched ({reason[:160]})") from None
 
 
+def _field_name(n: NeRFConfig) -> str:
+    """A NeRF stage's field in words: 'hashgrid' or 'voxels (<G> a side)'."""
+    return f"voxels ({n.voxel_resolution} a side)" if n.field == "voxels" else n.field
+
+
 def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -> None:
     """Settings of the mesh stages (systems dmtet, dmtet-geometry, mesh-texture)."""
     from dream3d.registry import mesh_systems
@@ -664,7 +670,7 @@ def _check_finite(node: Any, prefix: str = "") -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Check values that types alone cannot. Raises ConfigError (one line) on the first problem."""
-    from dream3d.registry import GUIDANCES, SYSTEMS, mesh_systems
+    from dream3d.registry import GUIDANCES, LATENT_SYSTEMS, SYSTEMS, mesh_systems
 
     if not cfg.prompt.strip():
         raise ConfigError('prompt: expected a non-empty text, e.g. prompt="a pineapple"')
@@ -747,6 +753,16 @@ def validate(cfg: RunConfig) -> None:
         if n.latent_channels < 1:
             raise ConfigError(f"{p}.representation.latent_channels: expected a positive integer, got {n.latent_channels}")
         _choice(f"{p}.representation.normals", n.normals, ["analytic", "finite_difference"])
+        _choice(f"{p}.representation.field", n.field, ["hashgrid", "voxels"])
+        if not 2 <= n.voxel_resolution <= 512:
+            raise ConfigError(f"{p}.representation.voxel_resolution: expected an integer from 2 to 512, got "
+                              f"{n.voxel_resolution}")
+        source = cfg.stages.get(st.init) if st.init else None
+        if source is not None and st.system not in mesh_systems() and source.system not in mesh_systems() and \
+                _field_name(source.representation) != _field_name(n):
+            raise ConfigError(f"{p}.representation.field: {_field_name(n)}, but its init stage '{st.init}' has "
+                              f"{_field_name(source.representation)}; expected the same field (a NeRF stage "
+                              "continues its init stage's)")
         _choice(f"{p}.representation.density_activation", n.density_activation, ["softplus", "trunc_exp", "relu"])
         if n.radius <= 0:
             raise ConfigError(f"{p}.representation.radius: expected a positive number, got {n.radius}")
@@ -777,6 +793,8 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{p}.optim.betas: expected [beta1, beta2] with each in [0, 1), got {list(o.betas)}")
         if o.eps <= 0:
             raise ConfigError(f"{p}.optim.eps: expected a number > 0, got {o.eps}")
+        if not 1 <= g.paas_samples <= 64:
+            raise ConfigError(f"{p}.guidance.paas_samples: expected an integer from 1 to 64, got {g.paas_samples}")
         if g.lora_rank < 1 or g.lora_lr <= 0 or g.camera_hidden < 1 or not 0 <= g.camera_dropout < 1:
             raise ConfigError(f"{p}.guidance: expected lora_rank >= 1, lora_lr > 0, camera_hidden >= 1 and "
                               f"0 <= camera_dropout < 1, got {g.lora_rank}, {g.lora_lr}, {g.camera_hidden}, "
@@ -790,13 +808,10 @@ def validate(cfg: RunConfig) -> None:
         cfg.text_prior = resolve_prior_path(cfg.text_prior, "text_prior")
 
 
-LATENT_SYSTEMS = ("latent-nerf", "latent-paint")  # the systems whose field outputs the prior's latent channels
-PAINT_SYSTEMS = ("latent-paint", "mesh-paint")  # the systems that texture a given mesh (Latent-Paint)
-
-
 def _check_paint(cfg: RunConfig) -> None:
     """``mesh=<file>`` becomes the ``mesh.init`` of the stages that paint a given mesh; those stages need one."""
     from dream3d.export.mesh import FORMATS
+    from dream3d.registry import PAINT_SYSTEMS
 
     painting = [name for name, st in cfg.stages.items() if st.system in PAINT_SYSTEMS]
     if cfg.mesh:

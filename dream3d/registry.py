@@ -18,13 +18,23 @@ T = TypeVar("T")
 SYSTEMS: dict[str, str] = {
     "nerf-sds": "dream3d.systems.nerf:NeRFSystem",
     "latent-nerf": "dream3d.systems.nerf:LatentNeRFSystem",
+    "sjc": "dream3d.systems.nerf:SJCSystem",
     "dmtet": "dream3d.systems.mesh:DMTetSystem",
     "dmtet-geometry": "dream3d.systems.mesh:DMTetGeometrySystem",
     "mesh-texture": "dream3d.systems.mesh:MeshTextureSystem",
     "latent-paint": "dream3d.systems.mesh:LatentPaintSystem",
     "mesh-paint": "dream3d.systems.mesh:MeshPaintSystem",
 }
-GUIDANCES: dict[str, str] = {"sds": "dream3d.guidance.sds:SDSGuidance", "vsd": "dream3d.guidance.vsd:VSDGuidance"}
+GUIDANCES: dict[str, str] = {"sds": "dream3d.guidance.sds:SDSGuidance", "vsd": "dream3d.guidance.vsd:VSDGuidance",
+                             "sjc": "dream3d.guidance.sjc:SJCGuidance"}
+
+
+# the systems whose fields output the prior's latent channels (representation.output: latent)
+LATENT_SYSTEMS: tuple[str, ...] = ("latent-nerf", "sjc", "latent-paint")
+
+
+# the systems that texture a given mesh (Latent-Paint; the run key ``mesh``)
+PAINT_SYSTEMS: tuple[str, ...] = ("latent-paint", "mesh-paint")
 
 
 def mesh_systems() -> tuple[str, ...]:

@@ -12,10 +12,10 @@ import trimesh
 
 from dream3d.export.mesh import (
     RENDER_SAMPLES,
-    _density_grid,
     auto_threshold,
     bake_mesh,
     bake_texture,
+    density_grid,
     dilate_texture,
     export_mesh,
     extract_mesh,
@@ -126,7 +126,7 @@ def soft_snowman(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_matched_threshold_keeps_the_faint_parts_a_soft_field_renders():
-    level = matched_threshold(_density_grid(soft_snowman, 1.0, 48, 65536), 1.0)
+    level = matched_threshold(density_grid(soft_snowman, 1.0, 48, 65536), 1.0)
     assert level < 5.0 < auto_threshold(30.0, 1.0)  # the body is inside the matched level set, not the half-peak one
     verts, _ = extract_mesh(soft_snowman, 1.0, resolution=48, threshold=level, keep_largest=False)
     assert float(verts[:, 1].min()) < -0.4  # the body, down to its base
@@ -135,7 +135,7 @@ def test_matched_threshold_keeps_the_faint_parts_a_soft_field_renders():
 
 
 def test_matched_threshold_keeps_the_usual_level_for_hard_fields_and_falls_back_when_nothing_renders():
-    hard = _density_grid(lambda x: (x.norm(dim=-1) < 0.5).float() * 1000.0, 1.0, 48, 65536)
+    hard = density_grid(lambda x: (x.norm(dim=-1) < 0.5).float() * 1000.0, 1.0, 48, 65536)
     level = matched_threshold(hard, 1.0)  # every level between empty space and the peak matches: the usual one
     assert abs(math.log(level / auto_threshold(1000.0, 1.0))) < 0.1
     faint = torch.full((16, 16, 16), 0.2)  # optical depth 0.4 < ln 2 along every line: nothing renders opaque
@@ -284,7 +284,7 @@ def test_matched_threshold_alpha_picks_the_opacity_a_part_must_render_at():
         body = 1.5 * ((x - torch.tensor([0.0, -0.2, 0.0])).norm(dim=-1) < 0.3).float()
         return torch.maximum(hat, body)
 
-    grid = _density_grid(faint, 1.0, 48, 65536)
+    grid = density_grid(faint, 1.0, 48, 65536)
     low, high = matched_threshold(grid, 1.0, alpha=0.3), matched_threshold(grid, 1.0, alpha=0.9)
     assert low < 1.5 < high < 30.0
     with pytest.raises(ValueError, match="alpha"):

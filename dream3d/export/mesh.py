@@ -95,7 +95,7 @@ def matched_threshold(grid: Tensor, radius: float, candidates: int = 96, alpha: 
 
 
 @torch.no_grad()
-def _density_grid(density_fn: DensityFn, radius: float, resolution: int, chunk: int) -> Tensor:
+def density_grid(density_fn: DensityFn, radius: float, resolution: int, chunk: int = 65536) -> Tensor:
     """density_fn on the resolution^3 grid of points spanning [-radius, radius]^3 -> [R,R,R] float (x, y, z)."""
     lin = torch.linspace(-radius, radius, resolution)
     points = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)
@@ -171,7 +171,7 @@ def extract_mesh(
     """
     if resolution < 2:
         raise ValueError(f"resolution must be at least 2, got {resolution}")
-    grid = _density_grid(density_fn, float(radius), int(resolution), int(chunk))
+    grid = density_grid(density_fn, float(radius), int(resolution), int(chunk))
     peak = float(grid.max())
     if threshold is None:
         threshold = auto_threshold(peak, float(radius))

@@ -1,5 +1,5 @@
-"""Score distillation guidances (SDS in :mod:`~dream3d.guidance.sds`, VSD in :mod:`~dream3d.guidance.vsd`) and
-their settings. This package imports nothing heavy; import the submodule you need."""
+"""Score distillation guidances (SDS in :mod:`~dream3d.guidance.sds`, VSD in :mod:`~dream3d.guidance.vsd`, SJC's
+PAAS in :mod:`~dream3d.guidance.sjc`) and their settings. This package imports nothing heavy; import the submodule you need."""
 
 from __future__ import annotations
 
@@ -43,3 +43,5 @@ class GuidanceConfig:
     lora_lr: float = 1e-4
     camera_dropout: float = 0.1  # probability of training the LoRA model without the camera
     camera_hidden: int = 128  # hidden width of the camera embedding MLP
+    # SJC only (guidance/sjc.py): noise draws averaged in Perturb-and-Average Scoring (one batched UNet call)
+    paas_samples: int = 1

@@ -9,6 +9,8 @@ nearly constant over the image. Latent-NeRF does the same for Stable Diffusion w
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,24 +40,39 @@ def latent_rgb_map(prior, levels: int = 5) -> Tensor:
 
 
 @torch.no_grad()
-def fit_latent_rgb(prior, latents: Tensor, mask: Tensor, min_pixels: int = 16):
+def fit_latent_rgb_decoded(prior, latents: Tensor, mask: Tensor, anchor: Tensor,
+                           min_pixels: int = 16) -> Optional[Tensor]:
     """The affine map M [C+1,3] (rgb ≈ [latent, 1] M) that best explains the VAE's own decoding of some latent
-    images: ``latents`` [N,C,h,w] (renders of a latent field), ``mask`` [N,1,h,w] (the pixels to fit: the object's).
-    Each latent pixel is paired with the mean colour of the f x f pixels it decodes to. A field's latents are not
-    the latents of solid colours (:func:`latent_rgb_map`), so this map, fitted on the field's own renders, is the one
-    to carry its colours over. None when fewer than ``min_pixels`` pixels are masked."""
+    images: ``latents`` [N,C,h,w] (renders of a latent field), ``mask`` [N,1,h,w] (the pixels to fit: the object's),
+    ridge-regularised towards ``anchor`` (:func:`fit_latent_rgb`). Each latent pixel is paired with the mean colour
+    of the f x f pixels it decodes to. A field's latents are not the latents of solid colours (:func:`latent_rgb_map`),
+    so this map, fitted on the field's own renders, is the one to carry its colours over (a yellow pineapple stays
+    yellow). None when fewer than ``min_pixels`` pixels are masked."""
     f = prior.vae_scale_factor
     rgb = F.avg_pool2d(prior.decode(latents.to(prior.device, prior.dtype)).float(), f).cpu()  # [N,3,h,w]
     keep = mask.cpu().bool().expand_as(latents[:, :1]).reshape(-1)
     if int(keep.sum()) < min_pixels:
         return None
     lat = latents.float().cpu().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])[keep]
-    X = torch.cat([lat, torch.ones(lat.shape[0], 1)], dim=1).double()
-    y = rgb.permute(0, 2, 3, 1).reshape(-1, 3)[keep].double()
-    return torch.linalg.lstsq(X, y).solution.float()
+    return fit_latent_rgb(lat, rgb.permute(0, 2, 3, 1).reshape(-1, 3)[keep], anchor.float().cpu())
 
 
 def latents_to_rgb(latents: Tensor, latent_rgb: Tensor) -> Tensor:
     """latents [...,C] -> rgb [...,3] in [0,1] through the affine map [C+1,3] (:func:`latent_rgb_map`)."""
     M = latent_rgb.to(latents)
     return (latents @ M[:-1] + M[-1]).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def fit_latent_rgb(latents: Tensor, rgb: Tensor, anchor: Tensor, weights: Optional[Tensor] = None,
+                   ridge: float = 1.0) -> Tensor:
+    """The affine map M [C+1,3] fitted to pairs of latents [N,C] and their colours [N,3] (an object's latents and
+    the colours the VAE decodes where it renders them), with per-pair ``weights`` [N] (default 1), ridge-regularised
+    towards ``anchor`` [C+1,3] (:func:`latent_rgb_map`): M = argmin Σ_n w_n ‖[z_n, 1] M - rgb_n‖² + ``ridge``
+    ‖M - anchor‖², which keeps the directions the pairs do not span (an object of one colour) at the anchor's."""
+    X = torch.cat([latents.double().cpu(), torch.ones(latents.shape[0], 1, dtype=torch.float64)], dim=1)
+    w = torch.ones(X.shape[0], dtype=torch.float64) if weights is None else weights.double().cpu().reshape(-1)
+    A = anchor.double().cpu()
+    lhs = X.t() @ (w[:, None] * X) + ridge * torch.eye(X.shape[1], dtype=torch.float64)
+    rhs = X.t() @ (w[:, None] * rgb.double().cpu()) + ridge * A
+    return torch.linalg.solve(lhs, rhs).float().to(anchor.device)

@@ -150,7 +150,8 @@ class VolumeRenderer(nn.Module):
     rgb [B,H,W,3] (composited over the background; [B,H,W,C] for a latent field's C channels), opacity [B,H,W,1], depth [B,H,W,1], normal [B,H,W,3]
     (world space, composited, not normalised), plus scalars ``orient`` (DreamFusion orientation penalty,
     sum of w_i max(0, n_i.d)^2 per ray, averaged over rays; weights detached), ``distortion`` (Mip-NeRF 360's,
-    averaged over rays: :func:`distortion`) and ``samples`` (how many field evaluations the image took).
+    averaged over rays: :func:`distortion`) and ``samples`` (how many field evaluations the image took), and
+    ``weights`` [M], the compositing weights of those evaluated samples.
     """
 
     def __init__(self, cfg, radius: float):
@@ -226,7 +227,7 @@ class VolumeRenderer(nn.Module):
         opacity = w.sum(dim=1)
         depth = (w * t).sum(dim=1)
         rgb = rgb + (1.0 - opacity)[:, None] * background(d, bg_color)
-        return _outputs((B, H, W), rgb, opacity, depth, normal_img, orient / R, distortion(w).mean(), p.shape[0])
+        return _outputs((B, H, W), rgb, opacity, depth, normal_img, orient / R, distortion(w).mean(), w_s)
 
     def _forward_nerfacc(self, nerf, background: Background, o: Tensor, d: Tensor, shape: tuple[int, int, int],
                          light_position: Tensor, shading: str, stratified: bool,
@@ -271,13 +272,15 @@ class VolumeRenderer(nn.Module):
         s_norm = (t - t_near[ray_id]) / span[ray_id]
         dist = acc.distortion(w_s, s_norm, (t1 - t0) / span[ray_id], info)
         rgb = rgb + (1.0 - opacity)[:, None] * background(d, bg_color)
-        return _outputs(shape, rgb, opacity, depth, normal_img, orient / R, dist.mean(), p.shape[0])
+        return _outputs(shape, rgb, opacity, depth, normal_img, orient / R, dist.mean(), w_s)
 
 
 def _outputs(shape: tuple[int, int, int], rgb: Tensor, opacity: Tensor, depth: Tensor, normal: Tensor, orient: Tensor,
-             dist: Tensor, samples: int) -> dict[str, Tensor]:
-    """The renderer's outputs (both backends): per-ray figures [R,...] as images [B,H,W,...] and the scalars."""
+             dist: Tensor, weights: Tensor) -> dict[str, Tensor]:
+    """The renderer's outputs (both backends): per-ray figures [R,...] as images [B,H,W,...], the scalars, and the
+    weights w_i = T_i alpha_i of the evaluated samples, packed [M] (every other sample of the R x num_samples has
+    weight below the grid's or the early stop's threshold; SJC's emptiness loss reads them)."""
     B, H, W = shape
     return {"rgb": rgb.view(B, H, W, -1), "opacity": opacity.view(B, H, W, 1), "depth": depth.view(B, H, W, 1),
-            "normal": normal.view(B, H, W, 3), "orient": orient, "distortion": dist,
-            "samples": torch.tensor(float(samples))}
+            "normal": normal.view(B, H, W, 3), "orient": orient, "distortion": dist, "weights": weights,
+            "samples": torch.tensor(float(weights.shape[0]))}

@@ -1,5 +1,8 @@
 """NeRF representation: an implicit volume (density + albedo) over the scene box [-radius, radius]^3.
 
+``field: hashgrid`` (this file's :class:`NeRF`) or ``field: voxels`` (SJC's dense voxel grid,
+:class:`dream3d.representations.voxels.VoxelGrid`); :func:`make_field` builds the one a config names.
+
 A hash-grid encoding feeds one small MLP with 4 outputs: raw density and albedo logits (``output: rgb``), or
 1 + ``latent_channels`` outputs, raw density and the prior's latent features without an activation
 (``output: latent``, Latent-NeRF: the field's "albedo" is then a point in the prior's latent space). Density adds the
@@ -11,6 +14,7 @@ the origin instead of empty space. Normals are the negated, normalised density g
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +39,9 @@ class NeRFConfig:
     finite_difference_eps: float = 0.01
     output: str = "rgb"  # rgb: albedo in (0, 1) | latent: the prior's latent channels (Latent-NeRF)
     latent_channels: int = 4  # with output=latent: the prior's latent channel count (checked against the prior)
+    field: str = "hashgrid"  # hashgrid: hash grid + MLP (this file) | voxels: a dense voxel grid (SJC; voxels.py)
+    voxel_resolution: int = 100  # field=voxels: cells a side (SJC: 100)
+    density_shift: float = 0.0  # added to the raw density before the activation (SJC's voxels: -1)
 
 
 class NeRF(nn.Module):
@@ -54,7 +61,7 @@ class NeRF(nn.Module):
         return self._add_blob(self.network(self.encoding(u.clamp(0.0, 1.0))), x)
 
     def _add_blob(self, raw: Tensor, x: Tensor) -> Tensor:
-        blob = self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius)
+        blob = self.cfg.blob_density * (1.0 - x.norm(dim=-1) / self.cfg.blob_radius) + self.cfg.density_shift
         return torch.cat([raw[:, :1] + blob[:, None], raw[:, 1:]], dim=-1)
 
     def _features_and_gradient(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -109,6 +116,33 @@ class NeRF(nn.Module):
             {"params": list(self.encoding.parameters()), "lr": optim_cfg.lr_encoding, "name": "encoding"},
             {"params": list(self.network.parameters()), "lr": optim_cfg.lr_network, "name": "network"},
         ]
+
+    def iso_level(self, resolution: int) -> Optional[float]:
+        """The export's marching-cubes level: None, :func:`dream3d.export.mesh.auto_threshold`'s rule."""
+        return None
+
+    def surface_albedo(self, x: Tensor) -> Tensor:
+        """The colour the export bakes at surface points x [N,3]: the albedo there (an MLP field is smooth)."""
+        return self(x)["albedo"]
+
+    def rgb_state_from_latent(self, state: dict[str, Tensor], latent_rgb: Tensor) -> dict[str, Tensor]:
+        """This field's state (keys without the particle prefix) of a latent NeRF as the state of an RGB NeRF whose
+        colour head starts at the latent colours (:func:`rgb_head_from_latent`)."""
+        state = dict(state)
+        key = f"network.layers.{len(self.network.layers) - 1}"
+        state[key + ".weight"], state[key + ".bias"] = rgb_head_from_latent(
+            state[key + ".weight"], state[key + ".bias"], latent_rgb)
+        return state
+
+
+def make_field(cfg) -> nn.Module:
+    """The field a NeRF stage's ``representation`` names: ``field: hashgrid`` -> :class:`NeRF`, ``voxels`` ->
+    :class:`dream3d.representations.voxels.VoxelGrid` (the same interface)."""
+    if cfg.field == "voxels":
+        from dream3d.representations.voxels import VoxelGrid
+
+        return VoxelGrid(cfg)
+    return NeRF(cfg)
 
 
 def rgb_head_from_latent(weight: Tensor, bias: Tensor, latent_rgb: Tensor, keep: int = 1) -> tuple[Tensor, Tensor]:

@@ -35,11 +35,14 @@ class LossConfig:
     normal_consistency: Any = 0.0  # mesh stages: 1 - cos between the normals of adjacent faces
     laplacian: Any = 0.0  # mesh stages: squared distance of each vertex from its neighbours' mean (x resolution^2)
     sketch: Any = 0.0  # NeRF stages with the run's sketch mesh: Sketch-Shape (representations/sketch.py)
+    sjc: Any = 1.0  # guidance sjc: Score Jacobian Chaining's PAAS update (guidance/sjc.py)
+    emptiness: Any = 0.0  # NeRF stages: SJC's mean log(1 + 10 w) over ray samples (systems/base.py emptiness_loss)
+    center_depth: Any = 0.0  # NeRF stages: SJC's -log(border depth - centre depth) (systems/base.py center_depth_loss)
 
 
 @dataclass
 class OptimConfig:
-    lr_encoding: float = 0.01
+    lr_encoding: float = 0.01  # the hash grid; with representation.field=voxels, the voxel grids
     lr_network: float = 0.001
     lr_background: float = 0.001
     lr_sdf: float = 0.001  # mesh stages: DMTet signed distances (scene units)

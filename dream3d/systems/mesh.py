@@ -245,9 +245,9 @@ class MeshSystem(BaseSystem):
 
     def from_nerf(self, particle: MeshParticle, part: dict[str, Tensor], init_cfg):
         """The sdf from the NeRF's density level set; returns the NeRF (for subclasses that take more of it)."""
-        from dream3d.representations.nerf import NeRF
+        from dream3d.representations.nerf import make_field
 
-        nerf = NeRF(init_cfg.representation)
+        nerf = make_field(init_cfg.representation)
         nerf.load_state_dict({key[len("nerf."):]: v for key, v in part.items() if key.startswith("nerf.")})
         nerf.eval()
         with torch.no_grad():
@@ -447,12 +447,12 @@ class MeshPaintSystem(MeshSystem):
     @torch.no_grad()
     def latent_colours(self, state: dict[str, Tensor], k: int, init_cfg) -> Tensor:
         """Particle ``k``'s affine latent -> rgb map, fitted to the VAE's decoding of :data:`LATENT_VIEWS` latent
-        renders of the painted mesh (:func:`dream3d.prior.latent.fit_latent_rgb`, as the Latent-NeRF refinement
+        renders of the painted mesh (:func:`dream3d.prior.latent.fit_latent_rgb_decoded`, as the Latent-NeRF refinement
         does); the particle's solid-colour map without a prior."""
         import copy
 
         from dream3d.cameras import sample_cameras
-        from dream3d.prior.latent import fit_latent_rgb, solid_latents
+        from dream3d.prior.latent import fit_latent_rgb_decoded, solid_latents
 
         stored = state[f"particles.{k}.latent_rgb"]
         prior = self.prior
@@ -467,7 +467,8 @@ class MeshPaintSystem(MeshSystem):
         background = solid_latents(prior, torch.tensor([init_cfg.mesh.background_color]))[0]
         out = render_mesh(source.verts, source.faces, cams, source.field, shade=None, two_sided=True,
                           background=background)
-        fitted = fit_latent_rgb(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5)
+        fitted = fit_latent_rgb_decoded(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5,
+                                        stored)
         return stored if fitted is None else fitted
 
     def particle_groups(self, particle, o) -> list[dict]:

@@ -16,16 +16,25 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from dream3d.cameras import Cameras
+from dream3d.cameras import Cameras, turntable
 from dream3d.errors import Dream3DError
 from dream3d.render.background import Background
 from dream3d.render.volume import VolumeRenderer
-from dream3d.representations.nerf import NeRF, rgb_head_from_latent
-from dream3d.systems.base import BaseSystem, choose_shading, opacity_entropy_loss, sparsity_loss
+from dream3d.representations.nerf import NeRF, make_field
+from dream3d.systems.base import (
+    VALIDATION_AZIMUTHS,
+    BaseSystem,
+    center_depth_loss,
+    choose_shading,
+    emptiness_loss,
+    opacity_entropy_loss,
+    sparsity_loss,
+)
 
 
 class NeRFParticle(nn.Module):
-    """One 3D result of a NeRF stage: the field, its background and its occupancy grid (in the renderer)."""
+    """One 3D result of a NeRF stage: the field (``representation.field``: the hash-grid NeRF or SJC's voxel grid),
+    its background and its occupancy grid (in the renderer)."""
 
     volume = True  # export: marching cubes on the density; ``render mode=volume`` can ray-march it
     required = "nerf."  # the state a checkpoint must hold for it
@@ -33,18 +42,20 @@ class NeRFParticle(nn.Module):
     def __init__(self, stage_cfg):
         super().__init__()
         rep, r = stage_cfg.representation, stage_cfg.renderer
-        self.nerf = NeRF(rep)
+        self.nerf = make_field(rep)
         self.background = Background(r.background if r.background != "random" else "solid", tuple(r.background_color))
         self.renderer = VolumeRenderer(r, rep.radius)
 
     def bake(self, texture_size: int, max_faces: Optional[int], resolution: int = 128,
              threshold: Optional[float] = None):
-        """The exported mesh: marching cubes on the density, the albedo baked into a texture."""
+        """The exported mesh: marching cubes on the density (at the field's ``iso_level`` unless ``threshold`` is
+        given), the field's ``surface_albedo`` baked into a texture."""
         from dream3d.export.mesh import bake_mesh
 
         nerf = self.nerf
-        return bake_mesh(nerf.density, lambda x: nerf(x)["albedo"], nerf.radius, resolution, threshold,
-                         texture_size, max_faces), None
+        level = threshold if threshold is not None else nerf.iso_level(resolution)
+        return bake_mesh(nerf.density, nerf.surface_albedo, nerf.radius, resolution, level, texture_size,
+                         max_faces), None
 
 
 class NeRFSystem(BaseSystem):
@@ -65,17 +76,18 @@ class NeRFSystem(BaseSystem):
 
     def initialise(self, state: dict[str, Tensor], init_cfg) -> None:
         """From an earlier NeRF stage; from a latent NeRF (Latent-NeRF's RGB refinement) the density is kept and
-        the colour head starts at the latent colours through an affine latent -> rgb map fitted to the VAE's decoding
-        of the latent NeRF's renders (:meth:`latent_colours`, :func:`~dream3d.representations.nerf.rgb_head_from_latent`);
-        its background is not taken."""
+        the colours start at the latent colours through an affine latent -> rgb map fitted to the VAE's decoding of
+        the latent NeRF's renders (:meth:`latent_colours`; the field's ``rgb_state_from_latent``); its background is
+        not taken."""
         if init_cfg.representation.output == "latent" and self.stage_cfg.representation.output == "rgb":
             state = dict(state)
             for k, particle in enumerate(self.particles):
-                key = f"particles.{k}.nerf.network.layers.{len(particle.nerf.network.layers) - 1}"
+                prefix = f"particles.{k}.nerf."
                 latent_rgb = self.latent_colours(state, k, init_cfg)
                 state.pop(f"particles.{k}.latent_rgb")
-                state[key + ".weight"], state[key + ".bias"] = rgb_head_from_latent(
-                    state[key + ".weight"], state[key + ".bias"], latent_rgb)
+                field = {n[len(prefix):]: state.pop(n) for n in [n for n in state if n.startswith(prefix)]}
+                for name, value in particle.nerf.rgb_state_from_latent(field, latent_rgb).items():
+                    state[prefix + name] = value
                 for name in [n for n in state if n.startswith(f"particles.{k}.background.")]:
                     del state[name]
         super().initialise(state, init_cfg)
@@ -86,9 +98,9 @@ class NeRFSystem(BaseSystem):
     def latent_colours(self, state: dict[str, Tensor], k: int, init_cfg) -> Tensor:
         """The affine latent -> rgb map of particle ``k`` of a latent NeRF stage (its checkpoint ``state``): fitted to
         the VAE's decoding of :data:`LATENT_VIEWS` of its latent renders from this stage's cameras, on the object's
-        pixels (:func:`dream3d.prior.latent.fit_latent_rgb`); the particle's solid-colour map without a prior."""
+        pixels (:func:`dream3d.prior.latent.fit_latent_rgb_decoded`); the particle's solid-colour map without a prior."""
         from dream3d.cameras import sample_cameras
-        from dream3d.prior.latent import fit_latent_rgb
+        from dream3d.prior.latent import fit_latent_rgb_decoded
 
         stored = state[f"particles.{k}.latent_rgb"]
         prior = self.prior
@@ -104,7 +116,8 @@ class NeRFSystem(BaseSystem):
         rays_o, rays_d = cams.rays()
         source.renderer.grid = None  # every sample: no grid that may lag the field
         out = source.renderer(source.nerf, source.background, rays_o, rays_d, cams.light_position)
-        fitted = fit_latent_rgb(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5)
+        fitted = fit_latent_rgb_decoded(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5,
+                                        stored)
         return stored if fitted is None else fitted
 
     def configure_optimizers(self):
@@ -169,6 +182,11 @@ class NeRFSystem(BaseSystem):
             terms["opacity"] = opacity_entropy_loss(out["opacity"])
         if self.wants("distortion"):
             terms["distortion"] = out["distortion"]
+        if self.wants("emptiness"):
+            slots = out["opacity"].numel() * self.stage_cfg.renderer.num_samples  # rays x samples
+            terms["emptiness"] = emptiness_loss(out["weights"], slots)
+        if self.wants("center_depth"):
+            terms["center_depth"] = center_depth_loss(out["depth"], out["opacity"])
         if self.sketch is not None:
             gen = torch.Generator().manual_seed(self.run_cfg.seed * 1_000_003 + 7 * self.step + 1)
             delta = 2.0 * particle.renderer.radius / self.stage_cfg.renderer.num_samples
@@ -206,8 +224,9 @@ class LatentNeRFParticle(NeRFParticle):
         from dream3d.prior.latent import latents_to_rgb
 
         nerf = self.nerf
-        return bake_mesh(nerf.density, lambda x: latents_to_rgb(nerf(x)["albedo"], self.latent_rgb), nerf.radius,
-                         resolution, threshold, texture_size, max_faces), None
+        level = threshold if threshold is not None else nerf.iso_level(resolution)
+        return bake_mesh(nerf.density, lambda x: latents_to_rgb(nerf.surface_albedo(x), self.latent_rgb),
+                         nerf.radius, resolution, level, texture_size, max_faces), None
 
 
 class LatentNeRFSystem(NeRFSystem):
@@ -258,9 +277,76 @@ class LatentNeRFSystem(NeRFSystem):
         return out["rgb"], out["rgb"].permute(0, 3, 1, 2)
 
     def render_validation(self, particle, cams: Cameras) -> dict[str, Tensor]:
+        """rgb: the VAE's decoding of the latent render, area-resized to the render's size; latents: the render."""
         out = self.render_particle(particle, cams, "albedo", with_normals=True)
+        out["latents"] = out["rgb"]
         lat = out["rgb"].permute(0, 3, 1, 2)
         H, W = lat.shape[-2:]
         rgb = self.prior.decode(lat.to(self.prior.dtype)).float()
         out["rgb"] = torch.nn.functional.interpolate(rgb, (H, W), mode="area").permute(0, 2, 3, 1)
         return out
+
+
+FIT_MIN_OPACITY = 0.3  # SJCSystem.fit_latent_colours: pixels rendered at least this opaque
+
+
+class SJCSystem(LatentNeRFSystem):
+    r"""Score Jacobian Chaining (Wang et al. 2023): a voxel grid of the latent prior's channels
+    (``representation.field: voxels``, :mod:`dream3d.representations.voxels`) ascending the 3D score
+
+        ∇_θ log p̃_σ(θ) = E_π[ PAAS(x_π, √2σ) · ∂x_π/∂θ ]
+
+    of its latent renders x_π (the ``sjc`` guidance, :mod:`dream3d.guidance.sjc`, where PAAS and σ are defined),
+    with SJC's emptiness and centre-depth losses (``loss.emptiness``, ``loss.center_depth``:
+    :func:`dream3d.systems.base.emptiness_loss`, :func:`~dream3d.systems.base.center_depth_loss`). Training is the
+    Latent-NeRF stage's: the latent render goes to the guidance without an encoder, over the latent of the prior's
+    background. One thing is added, for the export: the particle's affine latent -> rgb map (``latent_rgb``,
+    what the exported texture's colours go through) is refitted at every validation to the object's own
+    renders, ridge least squares
+
+        M = argmin_M Σ_p α_p ‖[z_p, 1] M - r_p‖² + λ ‖M - M_solid‖²,      z_p = (ẑ_p - (1 - α_p) z_bg) / α_p,
+
+    over the pixels p that the four validation views render at least 0.3 opaque (opacity α_p), ẑ_p the rendered
+    latent, z_bg the background latent (so z_p is the object's own latent, what the export's surface colour reads),
+    r_p the VAE's decoding of the view at p (area-averaged to the latent pixel; the decoder shows a half-opaque
+    object in nearly its full colour, so r_p is not un-mixed), λ = 1 and M_solid the map fitted on solid colours
+    (:func:`dream3d.prior.latent.latent_rgb_map`) that Latent-NeRF keeps. The VAE is not a per-pixel map, and the
+    latents of a lit object are far from those of solid colours: on the shipped prior the solid-colour map is off
+    by 0.18-0.33 per channel on an object's pixels (a yellow cylinder exports green) and a refitted one by about
+    0.05. SJC itself exports no mesh (it renders the field and decodes), so this is dream3d's addition."""
+
+    def __init__(self, run_cfg, stage_name: str, stage_cfg, prior, run_dir=None):
+        super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
+        self.frozen["solid_rgb"] = self.particles[0].latent_rgb.clone() if prior is not None else None
+
+    def save_validation(self, step: int):
+        self.fit_latent_colours()
+        return super().save_validation(step)
+
+    @torch.no_grad()
+    def fit_latent_colours(self) -> None:
+        """Refit every particle's ``latent_rgb`` to its four validation views (class docstring); a particle with
+        fewer than 16 opaque pixels keeps its map."""
+        from dream3d.prior.latent import fit_latent_rgb
+
+        if self.prior is None:
+            return
+        was_training = self.training
+        self.eval()
+        c = self.stage_cfg.camera
+        for particle in self.particles:
+            latents, colours, alphas = [], [], []
+            background = particle.background.color
+            for az in VALIDATION_AZIMUTHS:
+                cams = turntable(1, c.eval_elevation, c.eval_distance, c.eval_fovy, c.eval_size, start_azimuth=az)
+                out = self.render_validation(particle, cams)
+                alpha = out["opacity"][..., 0]
+                keep = alpha > FIT_MIN_OPACITY
+                a = alpha[keep][:, None]
+                latents.append((out["latents"][keep] - (1 - a) * background) / a)  # the object's own latent
+                colours.append(out["rgb"][keep])
+                alphas.append(a[:, 0])
+            z, rgb, a = torch.cat(latents), torch.cat(colours), torch.cat(alphas)
+            if z.shape[0] >= 16:
+                particle.latent_rgb.copy_(fit_latent_rgb(z, rgb, self.frozen["solid_rgb"], weights=a))
+        self.train(was_training)
