@@ -77,7 +77,9 @@ class RunConfig:
     # Sketch-Shape (representations/sketch.py): a rough closed mesh that holds the density of the NeRF stages
     # weighting loss.sketch (the latent-nerf recipe's), lenient within about sketch_sigma of its surface
     sketch: str = ""
-    sketch_sigma: float = 0.1
+    # 0.05: at 0.1 a mushroom's thin stem lay wholly inside the lenient band, faded, and the export was a floating
+    # cap (IoU 0.53, "a red torus"); at 0.05 it is a mushroom (R-precision 1.00, IoU 0.85; docs/quality.md, round 9)
+    sketch_sigma: float = 0.05
     mesh: str = ""  # Latent-Paint (recipe latent-paint): the mesh to texture, a .glb/.obj/.ply file
     attention_slicing: bool = False  # the prior's UNet attention in slices, its VAE a sample at a time (less memory)
     seed: int = 0

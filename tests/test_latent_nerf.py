@@ -146,8 +146,7 @@ def test_sketch_shape_holds_a_cube(latent_prior_dir, tmp_path):
     fitted = load_stage(run, "refine").particles[0].nerf
     assert silhouette_iou(untrained, 0.5) < 0.6
     iou = silhouette_iou(fitted, 0.5)
-    print("sketch IoU", iou)
-    assert iou >= 0.8
+    assert iou >= 0.8, iou
 
 
 def test_sketch_settings_are_checked(tmp_path):
