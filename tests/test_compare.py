@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from dream3d import cli
+from dream3d.config import list_recipes
 
 SMALL = ["budget=6", "particles=2", "mesh_resolution=32", "texture_size=64", "video_views=4", "video_size=32",
          "views=4"]
@@ -130,7 +131,7 @@ def test_recipes_with_run_folders_is_refused(compared, capsys):
     assert "recipes: give either recipes= with a prompt" in capsys.readouterr().err
 
 
-RECIPE_NAMES = "dreamfusion, fantasia3d, magic3d, mvdream, prolificdreamer"
+RECIPE_NAMES = ", ".join(list_recipes())  # every recipe in configs/, as the message lists them
 
 
 @pytest.mark.parametrize("args,expected", [
