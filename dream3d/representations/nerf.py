@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from dream3d.fields import MLP, get_activation, make_encoding
 from dream3d.fields.encoding import HashGridConfig
+from dream3d.fields.normals import finite_difference_normal
 
 
 @dataclass
@@ -101,11 +102,7 @@ class NeRF(nn.Module):
             sigma = self.density_act(feat[:, 0])
             normal = None
             if with_normals:
-                eps = self.cfg.finite_difference_eps
-                offsets = torch.eye(3, device=x.device) * eps  # [3,3]
-                pts = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets], dim=1).reshape(-1, 3)
-                d = self.density(pts).view(-1, 2, 3)
-                normal = -(d[:, 0] - d[:, 1]) / (2 * eps)
+                normal = finite_difference_normal(self.density, x, self.cfg.finite_difference_eps)
         out = {"density": sigma, "albedo": torch.sigmoid(feat[:, 1:]) if self.cfg.output == "rgb" else feat[:, 1:]}
         if normal is not None:
             out["normal"] = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-6)

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dream3d.fields import get_activation
+from dream3d.fields.normals import finite_difference_normal
 
 
 class VoxelGrid(nn.Module):
@@ -90,11 +91,7 @@ class VoxelGrid(nn.Module):
         else:
             sigma = self.density(x)
             if with_normals:
-                eps = self.cfg.finite_difference_eps
-                offsets = torch.eye(3, device=x.device) * eps  # [3,3]
-                pts = torch.cat([x[:, None, :] + offsets, x[:, None, :] - offsets], dim=1).reshape(-1, 3)
-                d = self.density(pts).view(-1, 2, 3)
-                normal = -(d[:, 0] - d[:, 1]) / (2 * eps)
+                normal = finite_difference_normal(self.density, x, self.cfg.finite_difference_eps)
         feat = self._sample(self.feature_grid, x)
         out = {"density": sigma, "albedo": torch.sigmoid(feat) if self.cfg.output == "rgb" else feat}
         if normal is not None:
