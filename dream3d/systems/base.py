@@ -127,6 +127,38 @@ def laplacian_loss(verts: Tensor, faces: Tensor) -> Tensor:
     return (verts[used] - total[used] / count[used]).pow(2).sum(-1).mean()
 
 
+class LatentStage:
+    """What the stages whose field outputs the prior's latent channels share (mixed in before their system class:
+    ``LatentNeRFSystem``, ``SJCSystem``, ``LatentPaintSystem``): the prior checked for those channels, the latent of
+    the background colour and the solid-colour latent -> rgb map (:meth:`latent_setup`), the latent render itself as
+    what the guidance scores (no encoder), and validation renders decoded by the VAE (:meth:`decoded`)."""
+
+    def latent_setup(self, prior, stage_name: str, stage_cfg, background_color) -> tuple[Tensor, Tensor]:
+        """(the prior's latent of ``background_color`` [C], the solid-colour map [C+1,3]); one line if the prior has
+        no latent space of ``representation.latent_channels`` channels."""
+        from dream3d.prior.latent import latent_rgb_map, solid_latents
+
+        C = int(stage_cfg.representation.latent_channels)
+        if not prior.is_latent or int(prior.unet.config.in_channels) != C:
+            have = int(prior.unet.config.in_channels) if prior.is_latent else "none (a pixel prior)"
+            raise Dream3DError(f"stages.{stage_name}.representation.latent_channels: {C}, but the prior ({prior.path}) "
+                               f"has latent channels {have}; expected a latent prior with {C}")
+        return solid_latents(prior, torch.tensor([list(background_color)]))[0], latent_rgb_map(prior)
+
+    def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
+        """The latent render itself goes to the guidance ([B,C,h,w]): no encoder."""
+        return out["rgb"], out["rgb"].permute(0, 3, 1, 2)
+
+    def decoded(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A latent render for the validation grid: ``rgb`` the VAE's decoding, area-resized to the render's size;
+        ``latents`` the render."""
+        out["latents"] = out["rgb"]
+        lat = out["rgb"].permute(0, 3, 1, 2)
+        rgb = self.prior.decode(lat.to(self.prior.dtype)).float()
+        out["rgb"] = torch.nn.functional.interpolate(rgb, lat.shape[-2:], mode="area").permute(0, 2, 3, 1)
+        return out
+
+
 VALIDATION_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)
 
 
@@ -229,6 +261,40 @@ class BaseSystem(pl.LightningModule):
         """Start from an earlier stage's result (its checkpoint's ``state``, its StageConfig ``init_cfg``). The
         default loads whatever matches; systems that change representation (NeRF -> mesh) override it."""
         self.load_state_dict(state, strict=False)
+
+    LATENT_VIEWS = 16  # renders of a latent stage's particle whose decoding fits its latent -> rgb map
+
+    @torch.no_grad()
+    def latent_colours(self, state: dict[str, Tensor], k: int, init_cfg) -> Tensor:
+        """The affine latent -> rgb map of particle ``k`` of an earlier latent stage (its checkpoint ``state``, its
+        StageConfig ``init_cfg``) for an RGB stage that starts from it: fitted to the VAE's decoding of
+        :data:`LATENT_VIEWS` of its latent renders from this stage's cameras at the prior's latent size, on the
+        object's pixels (:func:`dream3d.prior.latent.fit_latent_rgb_decoded`; the map fitted on solid colours turned a
+        yellow pineapple green); without a prior, or with too few object pixels, the particle's solid-colour map."""
+        import copy
+
+        from dream3d.prior.latent import fit_latent_rgb_decoded
+        from dream3d.registry import SYSTEMS
+
+        stored = state[f"particles.{k}.latent_rgb"]
+        prior = self.prior
+        if prior is None:
+            return stored
+        source = resolve(SYSTEMS, init_cfg.system, "system").make_particle(init_cfg).to(self.device)
+        prefix = f"particles.{k}."
+        source.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
+        cam_cfg = copy.copy(self.stage_cfg.camera)
+        cam_cfg.height = cam_cfg.width = prior.image_size // prior.vae_scale_factor
+        cams = sample_cameras(cam_cfg, torch.Generator().manual_seed(self.run_cfg.seed), batch_size=self.LATENT_VIEWS)
+        out = self.render_latent_source(source, cams.to(self.device), init_cfg)
+        fitted = fit_latent_rgb_decoded(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5,
+                                        stored)
+        return stored if fitted is None else fitted
+
+    def render_latent_source(self, source, cams: Cameras, init_cfg) -> dict[str, Tensor]:
+        """Latent renders (rgb [B,h,w,C], opacity) of an earlier latent stage's particle, for :meth:`latent_colours`.
+        The RGB stages that start from a latent one implement it."""
+        raise NotImplementedError
 
     def make_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
         """Adam over the non-empty ``groups`` plus, for VSD, the guidance's LoRA and camera embedding."""

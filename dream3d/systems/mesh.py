@@ -34,11 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dream3d.cameras import Cameras
-from dream3d.errors import Dream3DError
 from dream3d.render.mesh import render_mesh
 from dream3d.render.shading import shade
 from dream3d.representations.dmtet import DMTet
-from dream3d.systems.base import BaseSystem, choose_shading, laplacian_loss, normal_consistency_loss
+from dream3d.systems.base import BaseSystem, LatentStage, choose_shading, laplacian_loss, normal_consistency_loss
 
 
 class MeshParticle(nn.Module):
@@ -442,34 +441,13 @@ class MeshPaintSystem(MeshSystem):
                     state[key + ".weight"], state[key + ".bias"], latent_rgb, keep=0)
         self.load_state_dict(state, strict=False)
 
-    LATENT_VIEWS = 16  # renders of the latent field whose decoding fits its latent -> rgb map
+    def render_latent_source(self, source, cams: Cameras, init_cfg) -> dict[str, Tensor]:
+        """A latent paint stage's renders of the given mesh, over the prior's latent of its background colour."""
+        from dream3d.prior.latent import solid_latents
 
-    @torch.no_grad()
-    def latent_colours(self, state: dict[str, Tensor], k: int, init_cfg) -> Tensor:
-        """Particle ``k``'s affine latent -> rgb map, fitted to the VAE's decoding of :data:`LATENT_VIEWS` latent
-        renders of the painted mesh (:func:`dream3d.prior.latent.fit_latent_rgb_decoded`, as the Latent-NeRF refinement
-        does); the particle's solid-colour map without a prior."""
-        import copy
-
-        from dream3d.cameras import sample_cameras
-        from dream3d.prior.latent import fit_latent_rgb_decoded, solid_latents
-
-        stored = state[f"particles.{k}.latent_rgb"]
-        prior = self.prior
-        if prior is None:
-            return stored
-        source = LatentPaintParticle(init_cfg)
-        prefix = f"particles.{k}."
-        source.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
-        cam_cfg = copy.copy(self.stage_cfg.camera)
-        cam_cfg.height = cam_cfg.width = prior.image_size // prior.vae_scale_factor
-        cams = sample_cameras(cam_cfg, torch.Generator().manual_seed(self.run_cfg.seed), batch_size=self.LATENT_VIEWS)
-        background = solid_latents(prior, torch.tensor([init_cfg.mesh.background_color]))[0]
-        out = render_mesh(source.verts, source.faces, cams, source.field, shade=None, two_sided=True,
-                          background=background)
-        fitted = fit_latent_rgb_decoded(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5,
-                                        stored)
-        return stored if fitted is None else fitted
+        background = solid_latents(self.prior, torch.tensor([init_cfg.mesh.background_color]))[0]
+        return render_mesh(source.verts, source.faces, cams, source.field, shade=None, two_sided=True,
+                           background=background.to(self.device))
 
     def particle_groups(self, particle, o) -> list[dict]:
         return particle.field.parameter_groups(o.lr_encoding, o.lr_network)
@@ -481,7 +459,7 @@ class MeshPaintSystem(MeshSystem):
         return {}  # the geometry is given
 
 
-class LatentPaintSystem(MeshPaintSystem):
+class LatentPaintSystem(LatentStage, MeshPaintSystem):
     r"""Latent-Paint (Metzer et al. 2022): a colour field on a given mesh whose values are the latent prior's C
     latent channels, rasterised at the latent resolution and scored by SDS in latent space:
 
@@ -498,18 +476,10 @@ class LatentPaintSystem(MeshPaintSystem):
 
     def __init__(self, run_cfg, stage_name, stage_cfg, prior, run_dir=None):
         super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
-        C = int(stage_cfg.representation.latent_channels)
-        self._background = torch.zeros(C)
+        self._background = torch.zeros(int(stage_cfg.representation.latent_channels))
         if prior is None:
             return
-        if not prior.is_latent or int(prior.unet.config.in_channels) != C:
-            have = int(prior.unet.config.in_channels) if prior.is_latent else "none (a pixel prior)"
-            raise Dream3DError(f"stages.{stage_name}.representation.latent_channels: {C}, but the prior ({prior.path}) "
-                               f"has latent channels {have}; expected a latent prior with {C}")
-        from dream3d.prior.latent import latent_rgb_map, solid_latents
-
-        self._background = solid_latents(prior, torch.tensor([stage_cfg.mesh.background_color]))[0]
-        latent_rgb = latent_rgb_map(prior)
+        self._background, latent_rgb = self.latent_setup(prior, stage_name, stage_cfg, stage_cfg.mesh.background_color)
         for particle in self.particles:
             particle.latent_rgb.copy_(latent_rgb)
 
@@ -519,12 +489,5 @@ class LatentPaintSystem(MeshPaintSystem):
     def training_shading(self, step: int, gen: torch.Generator) -> str:
         return "albedo"
 
-    def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
-        return out["rgb"], out["rgb"].permute(0, 3, 1, 2)
-
     def render_validation(self, particle, cams: Cameras) -> dict[str, Tensor]:
-        out = self.render(particle, cams, "albedo")
-        lat = out["rgb"].permute(0, 3, 1, 2)
-        rgb = self.prior.decode(lat.to(self.prior.dtype)).float()
-        out["rgb"] = F.interpolate(rgb, lat.shape[-2:], mode="area").permute(0, 2, 3, 1)
-        return out
+        return self.decoded(self.render(particle, cams, "albedo"))

@@ -10,20 +10,19 @@ it would get alone, and sums the regularizers over particles for the same reason
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from dream3d.cameras import Cameras, turntable
-from dream3d.errors import Dream3DError
 from dream3d.render.background import Background
 from dream3d.render.volume import VolumeRenderer
 from dream3d.representations.nerf import NeRF, make_field
 from dream3d.systems.base import (
     VALIDATION_AZIMUTHS,
     BaseSystem,
+    LatentStage,
     center_depth_loss,
     choose_shading,
     emptiness_loss,
@@ -92,33 +91,11 @@ class NeRFSystem(BaseSystem):
                     del state[name]
         super().initialise(state, init_cfg)
 
-    LATENT_VIEWS = 16  # renders of a latent NeRF whose decoding fits its latent -> rgb map
-
-    @torch.no_grad()
-    def latent_colours(self, state: dict[str, Tensor], k: int, init_cfg) -> Tensor:
-        """The affine latent -> rgb map of particle ``k`` of a latent NeRF stage (its checkpoint ``state``): fitted to
-        the VAE's decoding of :data:`LATENT_VIEWS` of its latent renders from this stage's cameras, on the object's
-        pixels (:func:`dream3d.prior.latent.fit_latent_rgb_decoded`); the particle's solid-colour map without a prior."""
-        from dream3d.cameras import sample_cameras
-        from dream3d.prior.latent import fit_latent_rgb_decoded
-
-        stored = state[f"particles.{k}.latent_rgb"]
-        prior = self.prior
-        if prior is None:
-            return stored
-        source = LatentNeRFParticle(init_cfg)
-        prefix = f"particles.{k}."
-        source.load_state_dict({n[len(prefix):]: v for n, v in state.items() if n.startswith(prefix)})
-        size = prior.image_size // prior.vae_scale_factor
-        cam_cfg = copy.copy(self.stage_cfg.camera)
-        cam_cfg.height = cam_cfg.width = size
-        cams = sample_cameras(cam_cfg, torch.Generator().manual_seed(self.run_cfg.seed), batch_size=self.LATENT_VIEWS)
+    def render_latent_source(self, source, cams: Cameras, init_cfg) -> dict[str, Tensor]:
+        """A latent NeRF's renders, every sample marched (no occupancy grid that may lag the field)."""
+        source.renderer.grid = None
         rays_o, rays_d = cams.rays()
-        source.renderer.grid = None  # every sample: no grid that may lag the field
-        out = source.renderer(source.nerf, source.background, rays_o, rays_d, cams.light_position)
-        fitted = fit_latent_rgb_decoded(prior, out["rgb"].permute(0, 3, 1, 2), out["opacity"].permute(0, 3, 1, 2) > 0.5,
-                                        stored)
-        return stored if fitted is None else fitted
+        return source.renderer(source.nerf, source.background, rays_o, rays_d, cams.light_position)
 
     def configure_optimizers(self):
         o = self.stage_cfg.optim
@@ -229,7 +206,7 @@ class LatentNeRFParticle(NeRFParticle):
                          nerf.radius, resolution, level, texture_size, max_faces), None
 
 
-class LatentNeRFSystem(NeRFSystem):
+class LatentNeRFSystem(LatentStage, NeRFSystem):
     r"""Latent-NeRF (Metzer et al. 2022): a NeRF whose colour channels are the latent prior's C latent channels,
     rendered at the latent resolution and scored by SDS directly in latent space:
 
@@ -253,15 +230,7 @@ class LatentNeRFSystem(NeRFSystem):
         super().__init__(run_cfg, stage_name, stage_cfg, prior, run_dir)
         if prior is None:  # rebuilt to read a checkpoint: the buffers come from it
             return
-        C = int(stage_cfg.representation.latent_channels)
-        if not prior.is_latent or int(prior.unet.config.in_channels) != C:
-            have = int(prior.unet.config.in_channels) if prior.is_latent else "none (a pixel prior)"
-            raise Dream3DError(f"stages.{stage_name}.representation.latent_channels: {C}, but the prior ({prior.path}) "
-                               f"has latent channels {have}; expected a latent prior with {C}")
-        from dream3d.prior.latent import latent_rgb_map, solid_latents
-
-        background = solid_latents(prior, torch.tensor([stage_cfg.renderer.background_color]))[0]
-        latent_rgb = latent_rgb_map(prior)
+        background, latent_rgb = self.latent_setup(prior, stage_name, stage_cfg, stage_cfg.renderer.background_color)
         for particle in self.particles:
             particle.background.color.copy_(background)
             particle.latent_rgb.copy_(latent_rgb)
@@ -272,19 +241,8 @@ class LatentNeRFSystem(NeRFSystem):
         out["with_normals"] = with_normals
         return out
 
-    def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
-        """The latent render itself goes to the guidance ([B,C,h,w]): no encoder."""
-        return out["rgb"], out["rgb"].permute(0, 3, 1, 2)
-
     def render_validation(self, particle, cams: Cameras) -> dict[str, Tensor]:
-        """rgb: the VAE's decoding of the latent render, area-resized to the render's size; latents: the render."""
-        out = self.render_particle(particle, cams, "albedo", with_normals=True)
-        out["latents"] = out["rgb"]
-        lat = out["rgb"].permute(0, 3, 1, 2)
-        H, W = lat.shape[-2:]
-        rgb = self.prior.decode(lat.to(self.prior.dtype)).float()
-        out["rgb"] = torch.nn.functional.interpolate(rgb, (H, W), mode="area").permute(0, 2, 3, 1)
-        return out
+        return self.decoded(self.render_particle(particle, cams, "albedo", with_normals=True))
 
 
 FIT_MIN_OPACITY = 0.3  # SJCSystem.fit_latent_colours: pixels rendered at least this opaque
