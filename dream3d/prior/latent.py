@@ -17,15 +17,19 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def solid_latents(prior, colors: Tensor) -> Tensor:
+def solid_latents(prior, colors: Tensor, chunk: int = 8) -> Tensor:
     """colors [N,3] in [0,1] -> [N,C]: the mean latent (posterior mean, times the VAE's scaling factor) of a solid
-    image of each colour at the prior's size."""
+    image of each colour at the prior's size, ``chunk`` images per VAE call (125 images of Stable Diffusion's 512 px
+    at once would need several GB for the encoder's activations)."""
     if not prior.is_latent:
         raise ValueError(f"prior {prior.path}: a pixel-space prior has no latent space (expected a latent prior)")
     size = prior.image_size
-    images = colors.to(prior.device, torch.float32).view(-1, 3, 1, 1).expand(-1, 3, size, size)
-    posterior = prior.vae.encode((images * 2 - 1).to(prior.dtype)).latent_dist
-    return (posterior.mean * prior.vae.config.scaling_factor).float().mean(dim=(2, 3))
+    out = []
+    for part in colors.to(prior.device, torch.float32).split(chunk):
+        images = part.view(-1, 3, 1, 1).expand(-1, 3, size, size)
+        posterior = prior.vae.encode((images * 2 - 1).to(prior.dtype)).latent_dist
+        out.append((posterior.mean * prior.vae.config.scaling_factor).float().mean(dim=(2, 3)))
+    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -49,7 +53,8 @@ def fit_latent_rgb_decoded(prior, latents: Tensor, mask: Tensor, anchor: Tensor,
     so this map, fitted on the field's own renders, is the one to carry its colours over (a yellow pineapple stays
     yellow). None when fewer than ``min_pixels`` pixels are masked."""
     f = prior.vae_scale_factor
-    rgb = F.avg_pool2d(prior.decode(latents.to(prior.device, prior.dtype)).float(), f).cpu()  # [N,3,h,w]
+    rgb = torch.cat([F.avg_pool2d(prior.decode(part.to(prior.device, prior.dtype)).float(), f).cpu()
+                     for part in latents.split(4)])  # [N,3,h,w]; 4 at a time (a 512 px decoder's memory)
     keep = mask.cpu().bool().expand_as(latents[:, :1]).reshape(-1)
     if int(keep.sum()) < min_pixels:
         return None
