@@ -810,20 +810,27 @@ def validate(cfg: RunConfig) -> None:
         cfg.text_prior = resolve_prior_path(cfg.text_prior, "text_prior")
 
 
+def _mesh_file(key: str, value: str) -> str:
+    """A run key naming a mesh file (``mesh``, ``sketch``): the resolved path, or one line if it is not a .glb, .obj
+    or .ply file that exists."""
+    from dream3d.export.mesh import FORMATS
+
+    path = Path(value).expanduser()
+    if path.suffix.lower().lstrip(".") not in FORMATS or not path.is_file():
+        raise ConfigError(f"{key}: {value}: expected a mesh file ({', '.join('.' + f for f in FORMATS)}) that exists")
+    return str(path.resolve())
+
+
 def _check_paint(cfg: RunConfig) -> None:
     """``mesh=<file>`` becomes the ``mesh.init`` of the stages that paint a given mesh; those stages need one."""
-    from dream3d.export.mesh import FORMATS
     from dream3d.registry import PAINT_SYSTEMS
 
     painting = [name for name, st in cfg.stages.items() if st.system in PAINT_SYSTEMS]
     if cfg.mesh:
-        path = Path(cfg.mesh).expanduser()
-        if path.suffix.lower().lstrip(".") not in FORMATS or not path.is_file():
-            raise ConfigError(f"mesh: {cfg.mesh}: expected a mesh file ({', '.join('.' + f for f in FORMATS)}) "
-                              "that exists")
+        path = _mesh_file("mesh", cfg.mesh)
         if not painting:
             raise ConfigError(f"mesh: recipe '{cfg.recipe}' paints no given mesh; expected recipe=latent-paint")
-        cfg.mesh = str(path.resolve())
+        cfg.mesh = path
         for name in painting:
             cfg.stages[name].mesh.init = cfg.mesh
     for name in painting:
@@ -839,20 +846,16 @@ def _check_paint(cfg: RunConfig) -> None:
 
 def _check_sketch(cfg: RunConfig) -> None:
     """``sketch=<mesh>``: a mesh file that exists, a positive leniency, and a stage that weights loss.sketch."""
-    from dream3d.export.mesh import FORMATS
     from dream3d.registry import mesh_systems
     from dream3d.schedule import is_zero
 
-    path = Path(cfg.sketch).expanduser()
-    if path.suffix.lower().lstrip(".") not in FORMATS or not path.is_file():
-        raise ConfigError(f"sketch: {cfg.sketch}: expected a mesh file ({', '.join('.' + f for f in FORMATS)}) "
-                          f"that exists")
+    path = _mesh_file("sketch", cfg.sketch)
     if cfg.sketch_sigma <= 0:
         raise ConfigError(f"sketch_sigma: expected a distance > 0, got {cfg.sketch_sigma}")
     if not any(st.system not in mesh_systems() and not is_zero(st.loss.sketch) for st in cfg.stages.values()):
         raise ConfigError(f"sketch: no NeRF stage of recipe '{cfg.recipe}' weights loss.sketch; expected "
                           "recipe=latent-nerf or stages.<name>.loss.sketch=<weight>")
-    cfg.sketch = str(path.resolve())
+    cfg.sketch = path
 
 
 def _check_nerfacc(key: str, device: str) -> None:
