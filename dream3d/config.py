@@ -636,6 +636,8 @@ def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -
     _choice(f"{p}.dmtet.init_level", d.init_level, ["half-peak", "matched"])
     if not 0 < d.init_alpha < 1:
         raise ConfigError(f"{p}.dmtet.init_alpha: expected an opacity between 0 and 1 (exclusive), got {d.init_alpha}")
+    if not 0 <= d.init_core_alpha < 1:
+        raise ConfigError(f"{p}.dmtet.init_core_alpha: expected an opacity in [0, 1) (0: off), got {d.init_core_alpha}")
     _choice(f"{p}.mesh.material", m.material, ["albedo", "pbr"])
     _choice(f"{p}.mesh.light", m.light, ["studio", "uniform"])
     if len(m.init_size) != 3 or min(m.init_size) <= 0 or max(m.init_size) >= d.radius:

@@ -325,6 +325,29 @@ def test_init_level_matched_keeps_a_faint_body_that_half_the_peak_drops(cache_di
     _check_closed_outward(verts, faces)
 
 
+def test_init_core_alpha_tightens_the_dense_parts_and_keeps_the_faint_ones(cache_dir):
+    """A dense hat with a soft edge over a faint body: the 30% level keeps the body and the hat's halo; the core
+    start (50%, plus the parts only 30% has) keeps the body and drops the halo."""
+    def snowman(x):
+        r = (x - torch.tensor([0.0, 0.3, 0.0])).norm(dim=-1)
+        hat = 30.0 * (r < 0.12).float() + 3.0 * ((r >= 0.12) & (r < 0.2)).float()
+        return torch.maximum(hat, 6.0 * ((x - torch.tensor([0.0, -0.2, 0.0])).norm(dim=-1) < 0.25).float())
+
+    dmtet = _dmtet(cache_dir, 32)
+    dmtet.cfg.init_level, dmtet.cfg.init_alpha = "matched", 0.3
+    widths = {}
+    for core in (0.0, 0.6):
+        dmtet.cfg.init_core_alpha = core
+        dmtet.init_from_density(snowman, fit_steps=0)
+        verts, faces = dmtet.mesh()
+        _check_closed_outward(verts, faces)
+        v = verts.detach()
+        assert float(v[:, 1].min()) < -0.35, core  # the body
+        top = v[v[:, 1] > 0.3]
+        widths[core] = float(top[:, 0].max() - top[:, 0].min())
+    assert widths[0.0] > 0.36 and widths[0.6] < 0.3, widths  # the hat with its halo (0.4 across), then without
+
+
 def test_init_from_mesh_reproduces_shape_world_objects(cache_dir):
     cams = turntable(8, elevation=20.0, distance=1.6, fovy=45.0, size=64)
     dmtet = _dmtet(cache_dir, 48)

@@ -19,6 +19,7 @@ from dream3d.export.mesh import (
     dilate_texture,
     export_mesh,
     extract_mesh,
+    faint_parts,
     load_mesh,
     matched_threshold,
     signed_volume,
@@ -289,3 +290,26 @@ def test_matched_threshold_alpha_picks_the_opacity_a_part_must_render_at():
     assert low < 1.5 < high < 30.0
     with pytest.raises(ValueError, match="alpha"):
         matched_threshold(grid, 1.0, alpha=1.0)
+
+
+def test_faint_parts_keeps_a_whole_faint_part_and_drops_the_halo():
+    """A dense hat with a soft edge (a halo between the two levels all round it) on a faint body: the body is a
+    faint part, the hat's halo is not, and a field without faint parts has none."""
+    def field(x, body=True):
+        r = (x - torch.tensor([0.0, 0.4, 0.0])).norm(dim=-1)
+        hat = 30.0 * (r < 0.15).float() + 2.0 * ((r >= 0.15) & (r < 0.22)).float()  # core and halo
+        if not body:
+            return hat
+        return torch.maximum(hat, 2.0 * ((x - torch.tensor([0.0, -0.1, 0.0])).norm(dim=-1) < 0.3).float())
+
+    grid = density_grid(field, 1.0, 48, 65536)
+    lin = torch.linspace(-1.0, 1.0, 48)
+
+    def at(x, y, z):
+        return bool(parts[(lin - x).abs().argmin(), (lin - y).abs().argmin(), (lin - z).abs().argmin()])
+
+    parts = faint_parts(grid, low=1.0, high=10.0)
+    assert at(0.0, -0.1, 0.0) and at(0.2, -0.1, 0.0) and at(0.0, 0.2, 0.0)  # the body, up to where it meets the hat
+    assert not at(0.0, 0.6, 0.0) and not at(0.19, 0.45, 0.0)  # the halo over and beside the hat
+    assert not at(0.0, 0.4, 0.0)  # the hat itself is the high level's
+    assert not bool(faint_parts(density_grid(lambda x: field(x, body=False), 1.0, 48, 65536), 1.0, 10.0).any())

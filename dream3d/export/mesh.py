@@ -94,6 +94,33 @@ def matched_threshold(grid: Tensor, radius: float, candidates: int = 96, alpha: 
     return float(tied[(tied.log() - math.log(usual)).abs().argmin()])
 
 
+def faint_parts(grid: Tensor, low: float, high: float, gap: int = 2, min_share: float = 0.01) -> Tensor:
+    """The parts of a field that only the lower of two levels has: [R,R,R] bool.
+
+    ``grid`` [R,R,R] density; ``low`` < ``high`` two iso-levels (e.g. :func:`matched_threshold` at 30% and
+    50% opacity). The low level's solid is the high level's plus a halo around it (the soft edge of every
+    part) and, in a soft field, whole parts that never reach the high level (a snowman's white body under
+    its dark hat). This keeps the second kind: the low solid's cells farther than ``gap`` cells from the high
+    solid, in connected pieces of at least ``min_share`` of the low solid's cells (the halo and small
+    fragments are dropped), grown back by ``gap + 1`` cells inside the low solid so that each piece meets the
+    high solid again where it touched it.
+    """
+    from scipy import ndimage
+
+    lo = (grid > low).cpu().numpy()
+    hi = (grid > high).cpu().numpy()
+    near = ndimage.binary_dilation(hi, iterations=gap) if hi.any() else hi
+    labels, count = ndimage.label(lo & ~near)
+    if count == 0:
+        return torch.zeros(grid.shape, dtype=torch.bool)
+    sizes = np.bincount(labels.reshape(-1))[1:]
+    keep = np.flatnonzero(sizes >= min_share * max(int(lo.sum()), 1)) + 1
+    parts = np.isin(labels, keep)
+    if parts.any():
+        parts = ndimage.binary_dilation(parts, iterations=gap + 1) & lo
+    return torch.from_numpy(parts)
+
+
 @torch.no_grad()
 def density_grid(density_fn: DensityFn, radius: float, resolution: int, chunk: int = 65536) -> Tensor:
     """density_fn on the resolution^3 grid of points spanning [-radius, radius]^3 -> [R,R,R] float (x, y, z)."""

@@ -63,6 +63,9 @@ class DMTetConfig:
     truncation: float = 2.0  # |sdf| of vertices away from the surface after init_from_mesh/density, in cells
     init_level: str = "half-peak"  # init_from_density's level: half-peak (auto_threshold) | matched (its renders)
     init_alpha: float = 0.5  # matched: the rendered opacity whose silhouettes the level matches
+    # matched, when above init_alpha: start at this opacity's level (a tighter silhouette), plus the parts that
+    # only init_alpha's level has (export.mesh.faint_parts: a white body under a dark hat); 0: off
+    init_core_alpha: float = 0.0
     encoding: HashGridConfig = field(default_factory=HashGridConfig)  # albedo field
     backend: str = "auto"  # hash grid: auto | torch | tcnn
     hidden: int = 64  # albedo MLP width
@@ -179,8 +182,10 @@ class DMTet(nn.Module):
             from dream3d.export.mesh import auto_threshold, matched_threshold
 
             if self.cfg.init_level == "matched":
-                threshold = matched_threshold(density.float().cpu().view(n, n, n), self.radius,
-                                              alpha=self.cfg.init_alpha)
+                grid = density.float().cpu().view(n, n, n)
+                threshold = matched_threshold(grid, self.radius, alpha=self.cfg.init_alpha)
+                if self.cfg.init_core_alpha > self.cfg.init_alpha:
+                    density_fn, density, threshold = self._core_and_faint_parts(density_fn, density, threshold)
             else:
                 threshold = auto_threshold(float(density.max()), self.radius)
         raw = float(threshold) - density  # [V], negative inside
@@ -195,6 +200,28 @@ class DMTet(nn.Module):
             with torch.enable_grad():
                 self._fit_to_density(density_fn, float(threshold), fit_steps, fit_points, batch, seed)
         return self
+
+    def _core_and_faint_parts(self, density_fn: DensityFn, density: Tensor, low: float):
+        """``init_core_alpha``'s level everywhere but on the parts only ``low`` (init_alpha's level) has: the
+        density is scaled up there by core / low, so one level (the core's) gives both. -> (density_fn,
+        density at the grid vertices, threshold), scaled; unchanged when the core level is not above ``low``."""
+        from dream3d.export.mesh import faint_parts, matched_threshold
+
+        n = self.resolution + 1
+        grid = density.float().cpu().view(n, n, n)
+        core = matched_threshold(grid, self.radius, alpha=self.cfg.init_core_alpha)
+        if not core > low:
+            return density_fn, density, low
+        scale = torch.ones(n, n, n)
+        scale[faint_parts(grid, low, core)] = core / low
+        scale = scale.reshape(-1).to(density)
+        radius, resolution = self.radius, self.resolution
+
+        def scaled(points: Tensor) -> Tensor:
+            factor = kuhn_interpolate(scale.to(points), points / radius, resolution)
+            return density_fn(points).reshape(-1) * factor
+
+        return scaled, density * scale, core
 
     def _band(self, inside: Tensor) -> Tensor:
         """Vertices [V] bool of the candidate cells of ``inside`` (those next to the surface)."""
