@@ -96,6 +96,23 @@ def test_largest_component_drops_a_floater():
     assert (verts.norm(dim=-1) - 0.5).abs().max() < VOXEL
 
 
+def test_a_sizeable_piece_next_to_the_largest_is_kept_and_flakes_are_not():
+    """A cap over a stem a hair's breadth below it (two pieces, as a fine stage can leave a mushroom) is one
+    object; a flake beside the cap is not part of it."""
+    def mushroom(x, flake=True):
+        cap = ((x - torch.tensor([0.0, 0.3, 0.0])).norm(dim=-1) < 0.35) & (x[:, 1] > 0.2)
+        stem = (x[:, [0, 2]].norm(dim=-1) < 0.1) & (x[:, 1] > -0.4) & (x[:, 1] < 0.14)
+        bit = (x - torch.tensor([0.45, 0.3, 0.0])).norm(dim=-1) < 0.05
+        return 50.0 * (cap | stem | (bit & flake)).float()
+
+    verts, faces = extract_mesh(mushroom, 1.0, resolution=RES)
+    parts = trimesh.Trimesh(verts.numpy(), faces.numpy(), process=False).split(only_watertight=False)
+    assert len(parts) == 2 and float(verts[:, 1].min()) < -0.35  # cap and stem
+    assert float(verts[:, 0].max()) < 0.42  # no flake
+    _, alone = extract_mesh(lambda x: mushroom(x, flake=False), 1.0, resolution=RES)
+    assert len(alone) == len(faces)
+
+
 def test_decimation_respects_max_faces():
     verts, faces = extract_mesh(sphere, 1.0, resolution=RES, max_faces=300)
     assert 100 < len(faces) <= 300

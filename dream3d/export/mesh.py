@@ -151,9 +151,35 @@ def _marching_cubes(grid: Tensor, threshold: float, radius: float) -> tuple[np.n
     return verts, faces
 
 
+PART_SHARE = 0.05  # a piece beside the largest is a part of the object from this share of the largest's area ...
+PART_GAP = 0.05  # ... when it comes within this share of the largest's bounding-box diagonal of a kept piece
+
+
+def main_parts(parts: list):
+    """The object among the connected pieces of a surface (trimesh meshes) -> one trimesh mesh: the largest
+    piece by area, plus each piece of at least ``PART_SHARE`` of its area that comes within ``PART_GAP`` of its
+    bounding-box diagonal of a piece kept so far. Floaters (far) and flakes (small) go; a part that a
+    fine stage has pulled a hair's breadth away from the rest (a mushroom's stem under its cap, a snowman's
+    body under its head, a pineapple's crown) stays: keeping only the largest piece dropped them."""
+    import trimesh
+    from scipy.spatial import cKDTree
+
+    parts = sorted(parts, key=lambda m: -float(m.area))
+    main = parts[0]
+    gap = PART_GAP * float(np.linalg.norm(main.extents))
+    kept, trees = [main], [cKDTree(main.vertices)]
+    for part in parts[1:]:
+        if part.area < PART_SHARE * main.area:
+            break
+        if min(float(tree.query(part.vertices, k=1)[0].min()) for tree in trees) <= gap:
+            kept.append(part)
+            trees.append(cKDTree(part.vertices))
+    return trimesh.util.concatenate(kept) if len(kept) > 1 else main
+
+
 def _cleanup(verts: np.ndarray, faces: np.ndarray, keep_largest: bool, max_faces: Optional[int]):
-    """Weld coincident vertices, drop degenerate faces, keep the largest connected piece, decimate to
-    ``max_faces`` -> trimesh.Trimesh."""
+    """Weld coincident vertices, drop degenerate faces, keep the object's pieces (:func:`main_parts`: the
+    largest and the sizeable ones next to it), decimate to ``max_faces`` -> trimesh.Trimesh."""
     import trimesh
 
     mesh = trimesh.Trimesh(verts, faces, process=False)
@@ -163,7 +189,7 @@ def _cleanup(verts: np.ndarray, faces: np.ndarray, keep_largest: bool, max_faces
     if keep_largest and len(mesh.faces):
         parts = mesh.split(only_watertight=False)
         if len(parts) > 1:
-            mesh = max(parts, key=lambda m: len(m.faces))
+            mesh = main_parts(parts)
     if max_faces is not None and len(mesh.faces) > max_faces:
         mesh = _decimate(mesh, int(max_faces))
     return mesh
@@ -191,8 +217,8 @@ def extract_mesh(
     ``density_fn(points [N,3]) -> [N]`` is evaluated without gradients, ``chunk`` points at a time, on a
     ``resolution``^3 grid over [-radius, radius]^3 (the box is padded with empty space, so surfaces touching
     it are closed, with vertices at most one voxel outside it). ``threshold`` is the iso-level; when None,
-    :func:`auto_threshold` picks it from the peak density. Faces wind counter-clockwise seen from outside. ``keep_largest`` keeps only the connected piece
-    with the most faces (floaters go); ``max_faces`` decimates with quadric error metrics.
+    :func:`auto_threshold` picks it from the peak density. Faces wind counter-clockwise seen from outside. ``keep_largest`` keeps the object's pieces
+    (:func:`main_parts`: floaters and flakes go); ``max_faces`` decimates with quadric error metrics.
 
     Raises ValueError ("empty density field: ...") when no density exceeds the threshold.
     """
@@ -309,8 +335,8 @@ def bake_surface(
     verts: Tensor, faces: Tensor, color_fn: ColorFn, texture_size: int = 1024, max_faces: Optional[int] = None,
     roughness: Optional[float] = None, metallic: Optional[float] = None, keep_largest: bool = True,
 ) -> tuple[TexturedMesh, bool]:
-    """Texture an explicit surface (a DMTet's marching-tets mesh): weld and clean it, keep the largest piece
-    (unless ``keep_largest`` is false: a user's mesh of several parts), decimate to ``max_faces``, unwrap and bake
+    """Texture an explicit surface (a DMTet's marching-tets mesh): weld and clean it, keep the object's pieces
+    (:func:`main_parts`; all of them when ``keep_largest`` is false: a user's mesh of several parts), decimate to ``max_faces``, unwrap and bake
     ``color_fn``. Returns the mesh and whether the cleaned surface is watertight (checked before the UV seams split
     its vertices)."""
     if faces.shape[0] == 0:
