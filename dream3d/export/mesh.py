@@ -217,8 +217,9 @@ def extract_mesh(
     ``density_fn(points [N,3]) -> [N]`` is evaluated without gradients, ``chunk`` points at a time, on a
     ``resolution``^3 grid over [-radius, radius]^3 (the box is padded with empty space, so surfaces touching
     it are closed, with vertices at most one voxel outside it). ``threshold`` is the iso-level; when None,
-    :func:`auto_threshold` picks it from the peak density. Faces wind counter-clockwise seen from outside. ``keep_largest`` keeps the object's pieces
-    (:func:`main_parts`: floaters and flakes go); ``max_faces`` decimates with quadric error metrics.
+    :func:`auto_threshold` picks it from the peak density. Faces wind counter-clockwise seen from outside.
+    ``keep_largest`` keeps the object's pieces (:func:`main_parts`: floaters and flakes go); ``max_faces``
+    decimates with quadric error metrics.
 
     Raises ValueError ("empty density field: ...") when no density exceeds the threshold.
     """
@@ -336,8 +337,8 @@ def bake_surface(
     roughness: Optional[float] = None, metallic: Optional[float] = None, keep_largest: bool = True,
 ) -> tuple[TexturedMesh, bool]:
     """Texture an explicit surface (a DMTet's marching-tets mesh): weld and clean it, keep the object's pieces
-    (:func:`main_parts`; all of them when ``keep_largest`` is false: a user's mesh of several parts), decimate to ``max_faces``, unwrap and bake
-    ``color_fn``. Returns the mesh and whether the cleaned surface is watertight (checked before the UV seams split
+    (:func:`main_parts`; all of them when ``keep_largest`` is false: a user's mesh of several parts), decimate to
+    ``max_faces``, unwrap and bake ``color_fn``. Returns the mesh and whether the cleaned surface is watertight (checked before the UV seams split
     its vertices)."""
     if faces.shape[0] == 0:
         raise ValueError("empty surface: the mesh stage has no faces (no sign change in its sdf)")

@@ -185,7 +185,7 @@ class DMTet(nn.Module):
                 grid = density.float().cpu().view(n, n, n)
                 threshold = matched_threshold(grid, self.radius, alpha=self.cfg.init_alpha)
                 if self.cfg.init_core_alpha > self.cfg.init_alpha:
-                    density_fn, density, threshold = self._core_and_faint_parts(density_fn, density, threshold)
+                    density_fn, density, threshold = self._core_and_faint_parts(density_fn, density, grid, threshold)
             else:
                 threshold = auto_threshold(float(density.max()), self.radius)
         raw = float(threshold) - density  # [V], negative inside
@@ -201,14 +201,14 @@ class DMTet(nn.Module):
                 self._fit_to_density(density_fn, float(threshold), fit_steps, fit_points, batch, seed)
         return self
 
-    def _core_and_faint_parts(self, density_fn: DensityFn, density: Tensor, low: float):
+    def _core_and_faint_parts(self, density_fn: DensityFn, density: Tensor, grid: Tensor, low: float):
         """``init_core_alpha``'s level everywhere but on the parts only ``low`` (init_alpha's level) has: the
-        density is scaled up there by core / low, so one level (the core's) gives both. -> (density_fn,
-        density at the grid vertices, threshold), scaled; unchanged when the core level is not above ``low``."""
+        density is scaled up there by core / low, so one level (the core's) gives both. ``grid``: ``density`` (at
+        the grid vertices) as the [n,n,n] CPU grid. -> (density_fn, density, threshold), scaled; unchanged when the
+        core level is not above ``low``."""
         from dream3d.export.mesh import faint_parts, matched_threshold
 
         n = self.resolution + 1
-        grid = density.float().cpu().view(n, n, n)
         core = matched_threshold(grid, self.radius, alpha=self.cfg.init_core_alpha)
         if not core > low:
             return density_fn, density, low
