@@ -73,6 +73,29 @@ def test_matches_brute_force_reference():
     assert (rast.bary[~rast.mask] == 0).all() and (rast.depth[~rast.mask] == 0).all()
 
 
+def test_dense_visibility_pass_equals_the_pixel_by_pixel_one(monkeypatch):
+    """Small triangles are z-tested on their whole k x k box at once; the result must be the per-pixel pass's,
+    bit for bit, for every box size (both dense buckets and the larger boxes left to the per-pixel pass)."""
+    from dream3d.render.raster import torch_backend
+
+    gen = torch.Generator().manual_seed(3)
+    n_faces, size = 600, 96
+    scale = 10 ** (-2.3 + 2.2 * torch.rand(n_faces, 1, 1, generator=gen))  # triangle sizes over two decades
+    centres = (torch.rand(n_faces, 1, 3, generator=gen) - 0.5) * 1.2
+    verts = (centres + scale * torch.randn(n_faces, 3, 3, generator=gen)).reshape(-1, 3)
+    faces = torch.arange(3 * n_faces).view(n_faces, 3)
+    cams = make_cameras(torch.tensor([20.0, -5.0]), torch.tensor([30.0, 200.0]), torch.tensor([2.0, 1.6]),
+                        torch.tensor([50.0, 60.0]), size, size)
+    clip = transform(verts, mvp_from_cameras(cams))
+    count, _, ints = torch_backend._triangle_setup(clip, faces, size, size, False)
+    side = torch.maximum(ints[1], count // ints[1])
+    assert (side == 1).any() and (side > max(torch_backend._DENSE_SIDES)).any()  # every path is taken
+    dense = torch_backend._visibility(clip, faces, size, size, False)
+    monkeypatch.setattr(torch_backend, "_DENSE_SIDES", ())
+    assert torch.equal(dense, torch_backend._visibility(clip, faces, size, size, False))
+    assert (dense >= 0).float().mean() > 0.2  # a scene, not an empty image
+
+
 def _two_triangles() -> tuple[torch.Tensor, torch.Tensor]:
     clip = torch.tensor(
         [[[-0.8, -0.7, 0.2, 1.0], [0.7, -0.9, 0.1, 1.3], [-0.3, 0.8, 0.3, 0.9],

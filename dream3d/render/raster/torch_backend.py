@@ -5,12 +5,14 @@ centres, clipping and depth conventions) on any device; the dispatcher calls :fu
 :func:`antialias` here unless nvdiffrast takes the work.
 
 How it works. The visibility pass runs without gradients: each surviving triangle is expanded into the
-pixels of its screen bounding box (vectorised with ``repeat_interleave``, in chunks whose total pixel count
-is bounded, so no ``[F, H*W]`` tensor is ever built), edge functions decide coverage, and a packed
-``(depth, triangle id)`` int64 key reduced with ``scatter_reduce(amin)`` resolves the z-test in one pass
-(ties go to the lower triangle id). Then, for covered pixels only, perspective-correct barycentrics are
-recomputed from the clip-space vertices of the winning triangle with ordinary differentiable torch ops,
-so gradients flow from ``bary``/``depth`` (and everything interpolated from them) to the vertices.
+pixels of its screen bounding box (a triangle whose box fits in a small k x k square is tested on the
+whole square by broadcasting; larger ones are expanded pixel by pixel with ``repeat_interleave``; both in
+chunks whose total pixel count is bounded, so no ``[F, H*W]`` tensor is ever built), edge functions decide
+coverage, and a packed ``(depth, triangle id)`` int64 key reduced with ``scatter_reduce(amin)`` resolves
+the z-test in one pass (ties go to the lower triangle id). Then, for covered pixels only,
+perspective-correct barycentrics are recomputed from the clip-space vertices of the winning triangle with
+ordinary differentiable torch ops, so gradients flow from ``bary``/``depth`` (and everything interpolated
+from them) to the vertices.
 
 Silhouette gradients come from :func:`antialias`, an analytic edge antialiasing in the spirit of
 nvdiffrast's: see its docstring.
@@ -32,6 +34,7 @@ from dream3d.render.raster.core import W_EPS, Raster, clip_to_pixels, covered_pi
 _MAX_CHUNK = 1 << 22  # most (triangle, pixel) candidates evaluated at once in the visibility pass
 _NO_HIT = torch.iinfo(torch.int64).max
 _INSIDE_EPS = 1e-6  # barycentric tolerance of the coverage test: shared edges never leave pinholes
+_DENSE_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # bounding-box sides (pixels) whose triangles the visibility pass tests densely
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -111,10 +114,27 @@ def _triangle_setup(
 
 
 def _visibility(clip: Tensor, faces: Tensor, height: int, width: int, cull_backfaces: bool) -> Tensor:
-    """Z-buffer pass without gradients: clip [B,V,4], faces [F,3] -> visible triangle id per pixel [B,H,W]."""
+    """Z-buffer pass without gradients: clip [B,V,4], faces [F,3] -> visible triangle id per pixel [B,H,W].
+
+    Triangles whose bounding box fits in a k x k square (k in :data:`_DENSE_SIDES`) are tested on that whole
+    square at once (:func:`_splat_dense`: broadcasting, no per-pixel gathers; pixels outside the box are masked);
+    the larger ones pixel by pixel (:func:`_splat`). Both evaluate the same expressions, so the keys, and the
+    winners, are the same either way."""
     B = clip.shape[0]
     count, coef, ints = _triangle_setup(clip, faces, height, width, cull_backfaces)
     keys = torch.full((B * height * width,), _NO_HIT, dtype=torch.int64, device=clip.device)
+    box_h = torch.div(count, ints[1], rounding_mode="floor")
+    side = torch.maximum(ints[1], box_h)
+    done = torch.zeros_like(side, dtype=torch.bool)
+    for k in _DENSE_SIDES:
+        sel = ((side <= k) & ~done).nonzero().squeeze(1)
+        done |= side <= k
+        step = max(1, _MAX_CHUNK // (k * k))
+        for part in sel.split(step):
+            _splat_dense(keys, k, box_h.index_select(0, part), coef.index_select(1, part), ints.index_select(1, part),
+                         width)
+    rest = (~done).nonzero().squeeze(1)
+    count, coef, ints = count.index_select(0, rest), coef.index_select(1, rest), ints.index_select(1, rest)
     bounds = torch.cumsum(count, 0).tolist()
     start, n = 0, len(bounds)
     while start < n:  # chunks of triangles whose bounding boxes hold at most _MAX_CHUNK pixels (or one triangle)
@@ -126,6 +146,18 @@ def _visibility(clip: Tensor, faces: Tensor, height: int, width: int, cull_backf
     return tri_id.view(B, height, width)
 
 
+def _coverage_keys(coef: Tensor, face: Tensor, fx: Tensor, fy: Tensor) -> Tensor:
+    """The z-test keys of pixels (fx, fy) boxes away from their triangles' first pixel: ``(depth << 32) | face``
+    where the pixel centre is covered and in the depth range, :data:`_NO_HIT` elsewhere. ``coef`` rows, ``face``,
+    ``fx`` and ``fy`` broadcast together (the triangle setup's affine coefficients, see :func:`_triangle_setup`)."""
+    a0, b0, c0, a1, b1, c1, az, bz, cz = coef
+    w0 = a0 * fx + b0 * fy + c0
+    w1 = a1 * fx + b1 * fy + c1
+    z = az * fx + bz * fy + cz
+    inside = (w0 >= -_INSIDE_EPS) & (w1 >= -_INSIDE_EPS) & (w0 + w1 <= 1 + _INSIDE_EPS) & (z >= -1) & (z <= 1)
+    return torch.where(inside, (_depth_key(z) << 32) | face, _NO_HIT)
+
+
 def _splat(keys: Tensor, count: Tensor, coef: Tensor, ints: Tensor, width: int) -> None:
     """Test every pixel centre in the bounding boxes of a chunk of triangles; min-reduce keys [B*H*W] in place."""
     owner = torch.repeat_interleave(torch.arange(count.shape[0], device=count.device), count)
@@ -134,14 +166,22 @@ def _splat(keys: Tensor, count: Tensor, coef: Tensor, ints: Tensor, width: int) 
     local = torch.arange(owner.shape[0], device=count.device) - starts.index_select(0, owner)
     dy = torch.div(local, box_w, rounding_mode="floor")
     dx = local - dy * box_w
-    fx, fy = dx.to(coef.dtype), dy.to(coef.dtype)
-    a0, b0, c0, a1, b1, c1, az, bz, cz = coef.index_select(1, owner).unbind(0)
-    w0 = a0 * fx + b0 * fy + c0
-    w1 = a1 * fx + b1 * fy + c1
-    z = az * fx + bz * fy + cz
-    inside = (w0 >= -_INSIDE_EPS) & (w1 >= -_INSIDE_EPS) & (w0 + w1 <= 1 + _INSIDE_EPS) & (z >= -1) & (z <= 1)
-    key = torch.where(inside, (_depth_key(z) << 32) | face, _NO_HIT)
+    key = _coverage_keys(coef.index_select(1, owner), face, dx.to(coef.dtype), dy.to(coef.dtype))
     keys.scatter_reduce_(0, first + dy * width + dx, key, reduce="amin")
+
+
+def _splat_dense(keys: Tensor, k: int, box_h: Tensor, coef: Tensor, ints: Tensor, width: int) -> None:
+    """:func:`_splat` for triangles whose bounding boxes fit in k x k pixels: every triangle [T] against the same
+    k x k offsets [T, k*k]; offsets outside a triangle's box get no key and write to its first pixel (a no-op
+    under ``amin``)."""
+    local = torch.arange(k * k, device=keys.device)
+    dy, dx = torch.div(local, k, rounding_mode="floor"), local % k
+    first, box_w, face = (row[:, None] for row in ints)
+    key = _coverage_keys(coef[:, :, None], face, dx.to(coef.dtype), dy.to(coef.dtype))
+    in_box = (dx < box_w) & (dy < box_h[:, None])
+    key = torch.where(in_box, key, _NO_HIT)
+    keys.scatter_reduce_(0, torch.where(in_box, first + dy * width + dx, first).reshape(-1), key.reshape(-1),
+                         reduce="amin")
 
 
 def _pixel_centres(idx: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
