@@ -90,6 +90,7 @@ def test_dense_visibility_pass_equals_the_pixel_by_pixel_one(monkeypatch):
     count, _, ints = torch_backend._triangle_setup(clip, faces, size, size, False)
     side = torch.maximum(ints[1], count // ints[1])
     assert (side == 1).any() and (side > max(torch_backend._DENSE_SIDES)).any()  # every path is taken
+    monkeypatch.setattr(torch_backend, "_DENSE_MIN", 0)  # the dense pass even for this small scene
     dense = torch_backend._visibility(clip, faces, size, size, False)
     monkeypatch.setattr(torch_backend, "_DENSE_SIDES", ())
     assert torch.equal(dense, torch_backend._visibility(clip, faces, size, size, False))

@@ -35,6 +35,7 @@ _MAX_CHUNK = 1 << 22  # most (triangle, pixel) candidates evaluated at once in t
 _NO_HIT = torch.iinfo(torch.int64).max
 _INSIDE_EPS = 1e-6  # barycentric tolerance of the coverage test: shared edges never leave pinholes
 _DENSE_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)  # bounding-box sides (pixels) whose triangles the visibility pass tests densely
+_DENSE_MIN = 1 << 18  # ... when the pass has at least this many (triangle, pixel) candidates (below, per-call costs win)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -116,17 +117,18 @@ def _triangle_setup(
 def _visibility(clip: Tensor, faces: Tensor, height: int, width: int, cull_backfaces: bool) -> Tensor:
     """Z-buffer pass without gradients: clip [B,V,4], faces [F,3] -> visible triangle id per pixel [B,H,W].
 
-    Triangles whose bounding box fits in a k x k square (k in :data:`_DENSE_SIDES`) are tested on that whole
-    square at once (:func:`_splat_dense`: broadcasting, no per-pixel gathers; pixels outside the box are masked);
-    the larger ones pixel by pixel (:func:`_splat`). Both evaluate the same expressions, so the keys, and the
-    winners, are the same either way."""
+    With at least :data:`_DENSE_MIN` candidates, triangles whose bounding box fits in a k x k square (k in
+    :data:`_DENSE_SIDES`) are tested on that whole square at once (:func:`_splat_dense`: broadcasting, no
+    per-pixel gathers; pixels outside the box are masked); the others pixel by pixel (:func:`_splat`). Both
+    evaluate the same expressions, so the keys, and the winners, are the same either way."""
     B = clip.shape[0]
     count, coef, ints = _triangle_setup(clip, faces, height, width, cull_backfaces)
     keys = torch.full((B * height * width,), _NO_HIT, dtype=torch.int64, device=clip.device)
     box_h = torch.div(count, ints[1], rounding_mode="floor")
     side = torch.maximum(ints[1], box_h)
     done = torch.zeros_like(side, dtype=torch.bool)
-    for k in _DENSE_SIDES:
+    dense = _DENSE_SIDES if int(count.sum()) >= _DENSE_MIN else ()  # few candidates: one pass costs less
+    for k in dense:
         sel = ((side <= k) & ~done).nonzero().squeeze(1)
         done |= side <= k
         step = max(1, _MAX_CHUNK // (k * k))
