@@ -124,19 +124,8 @@ def _visibility(clip: Tensor, faces: Tensor, height: int, width: int, cull_backf
     B = clip.shape[0]
     count, coef, ints = _triangle_setup(clip, faces, height, width, cull_backfaces)
     keys = torch.full((B * height * width,), _NO_HIT, dtype=torch.int64, device=clip.device)
-    box_h = torch.div(count, ints[1], rounding_mode="floor")
-    side = torch.maximum(ints[1], box_h)
-    done = torch.zeros_like(side, dtype=torch.bool)
-    dense = _DENSE_SIDES if int(count.sum()) >= _DENSE_MIN else ()  # few candidates: one pass costs less
-    for k in dense:
-        sel = ((side <= k) & ~done).nonzero().squeeze(1)
-        done |= side <= k
-        step = max(1, _MAX_CHUNK // (k * k))
-        for part in sel.split(step):
-            _splat_dense(keys, k, box_h.index_select(0, part), coef.index_select(1, part), ints.index_select(1, part),
-                         width)
-    rest = (~done).nonzero().squeeze(1)
-    count, coef, ints = count.index_select(0, rest), coef.index_select(1, rest), ints.index_select(1, rest)
+    if int(count.sum()) >= _DENSE_MIN:  # below, one per-pixel pass costs less than the buckets' calls
+        count, coef, ints = _splat_small_boxes(keys, count, coef, ints, width)
     bounds = torch.cumsum(count, 0).tolist()
     start, n = 0, len(bounds)
     while start < n:  # chunks of triangles whose bounding boxes hold at most _MAX_CHUNK pixels (or one triangle)
@@ -146,6 +135,22 @@ def _visibility(clip: Tensor, faces: Tensor, height: int, width: int, cull_backf
         start = stop
     tri_id = torch.where(keys == _NO_HIT, -1, keys & 0xFFFFFFFF)
     return tri_id.view(B, height, width)
+
+
+def _splat_small_boxes(keys: Tensor, count: Tensor, coef: Tensor, ints: Tensor, width: int) -> tuple[Tensor, ...]:
+    """:func:`_splat_dense` every triangle whose box fits in a k x k square of :data:`_DENSE_SIDES` (each in the
+    smallest such square); returns ``count``, ``coef`` and ``ints`` of the triangles left for :func:`_splat`."""
+    box_h = torch.div(count, ints[1], rounding_mode="floor")
+    side = torch.maximum(ints[1], box_h)
+    done = torch.zeros_like(side, dtype=torch.bool)
+    for k in _DENSE_SIDES:
+        sel = ((side <= k) & ~done).nonzero().squeeze(1)
+        done |= side <= k
+        for part in sel.split(max(1, _MAX_CHUNK // (k * k))):
+            _splat_dense(keys, k, box_h.index_select(0, part), coef.index_select(1, part), ints.index_select(1, part),
+                         width)
+    rest = (~done).nonzero().squeeze(1)
+    return count.index_select(0, rest), coef.index_select(1, rest), ints.index_select(1, rest)
 
 
 def _coverage_keys(coef: Tensor, face: Tensor, fx: Tensor, fy: Tensor) -> Tensor:
