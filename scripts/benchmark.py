@@ -89,6 +89,7 @@ SUBSET = [f"{c}_{k}" for k, c in SUBSET_PRIMITIVES.items()] + SUBSET_COMPOSITES 
 SHEET_ROWS = 5  # best and worst runs on the contact sheet
 SHEET_VIEWS = 4  # model.glb frames: azimuth 0, 90, 180, 270
 SHEET_SIZE = 128  # pixels a frame
+SHEET_SUPERSAMPLE = 4  # frames rendered this many times larger, then averaged down (see _render)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -631,13 +632,20 @@ def write_sheet(sections: list[tuple[str, list[tuple[list[str], list]]]], path: 
 
 def _render(mesh, size: int, views: int):
     """``views`` turntable frames (azimuth 0 = the front, then evenly round, elevation 15) of a mesh normalised
-    like the evaluation, at one fixed distance so every mesh on the sheet is framed alike."""
+    like the evaluation, at one fixed distance so every mesh on the sheet is framed alike; uint8 [views,size,size,3],
+    supersampled (``SHEET_SUPERSAMPLE``)."""
+    import numpy as np
+
     from dream3d.eval import normalise
     from dream3d.export.video import fit_distance, turntable_frames
     from dream3d.shapeworld.catalogue import OBJECT_EXTENT
 
     distance = fit_distance(0.87 * OBJECT_EXTENT, fill=1.0)  # the normalised box's bounding sphere fills the frame
-    return turntable_frames(normalise(mesh), views=views, elevation=15.0, size=size, distance=distance)
+    k = SHEET_SUPERSAMPLE  # a fitted mesh's sub-pixel triangles alias at 128 px into a fringe of hairs along every
+    # silhouette that the mesh does not have (seen at 512 px); the mean of k x k pixels is the frame a lens would take
+    big = turntable_frames(normalise(mesh), views=views, elevation=15.0, size=size * k, distance=distance)
+    small = big.reshape(views, size, k, size, k, 3).astype(np.float32).mean(axis=(2, 4))
+    return np.rint(small).astype(np.uint8)
 
 
 def sheet_entry(row: dict, size: int = SHEET_SIZE) -> tuple[list[str], list]:
