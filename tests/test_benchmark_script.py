@@ -177,17 +177,14 @@ def test_contact_sheet_shows_the_mesh_as_eval_turned_it(benchmark, tmp_path, mon
     assert torch.equal(drawn[-1], mesh.verts)
 
 
-def test_contact_sheet_frames_are_supersampled_not_aliased(benchmark):
+def test_contact_sheet_frames_are_supersampled_not_aliased(benchmark, monkeypatch):
     """A fitted mesh has many sub-pixel facets with noisy normals: sampled once a pixel they alias into a speckled,
     furry skin the mesh does not show at full size. The sheet's frames are the mean of SHEET_SUPERSAMPLE^2 samples a
     pixel: the block mean of the large render, and far smoother inside the object than a direct small render."""
     import numpy as np
     import torch
 
-    from dream3d.eval import normalise
-    from dream3d.export.video import fit_distance, turntable_frames
     from dream3d.representations.mesh import TexturedMesh
-    from dream3d.shapeworld.catalogue import OBJECT_EXTENT
     from dream3d.shapeworld.primitives import sphere
 
     ball = sphere(0.45, rings=60, segments=120)
@@ -198,11 +195,11 @@ def test_contact_sheet_frames_are_supersampled_not_aliased(benchmark):
     size, k = 32, benchmark.SHEET_SUPERSAMPLE
     frame = benchmark._render(mesh, size, 1)
     assert frame.shape == (1, size, size, 3) and frame.dtype == np.uint8
-    distance = fit_distance(0.87 * OBJECT_EXTENT, fill=1.0)
-    big = turntable_frames(normalise(mesh), views=1, elevation=15.0, size=size * k, distance=distance)
+    monkeypatch.setattr(benchmark, "SHEET_SUPERSAMPLE", 1)  # the sheet's framing, one sample a pixel
+    big = benchmark._render(mesh, size * k, 1)
     block = big.reshape(1, size, k, size, k, 3).astype(np.float32).mean(axis=(2, 4))
     assert np.abs(frame - block).max() <= 0.5
-    direct = turntable_frames(normalise(mesh), views=1, elevation=15.0, size=size, distance=distance)
+    direct = benchmark._render(mesh, size, 1)
 
     def speckle(f):  # mean |difference| of horizontal neighbours where both are well inside the object
         inside = (255 - f[0].astype(int)).max(-1) > 100
