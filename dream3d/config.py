@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from dream3d.cameras import CameraConfig
 from dream3d.errors import Dream3DError
 from dream3d.guidance import GuidanceConfig
+from dream3d.reference import ReferenceConfig
 from dream3d.render.volume import RendererConfig
 from dream3d.representations.dmtet import DMTetConfig
 from dream3d.representations.nerf import NeRFConfig
@@ -80,6 +81,9 @@ class RunConfig:
     # 0.05: at 0.1 a mushroom's thin stem lay wholly inside the lenient band, faded, and the export was a floating
     # cap (IoU 0.53, "a red torus"); at 0.05 it is a mushroom (R-precision 1.00, IoU 0.85; docs/quality.md, round 9)
     sketch_sigma: float = 0.05
+    # a picture of the prompt drawn from the prior at one camera, matched by stages that weight loss.reference_mask
+    # or loss.reference_rgb (dream3d/reference.py)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
     mesh: str = ""  # Latent-Paint (recipe latent-paint): the mesh to texture, a .glb/.obj/.ply file
     attention_slicing: bool = False  # the prior's UNet attention in slices, its VAE a sample at a time (less memory)
     seed: int = 0
@@ -117,6 +121,8 @@ KEY_HELP = {
               "steers the shape (Sketch-Shape); used by stages weighting loss.sketch, e.g. recipe=latent-nerf",
     "mesh": "recipe=latent-paint: the mesh to texture (.glb/.obj/.ply; centred and scaled to the object size)",
     "sketch_sigma": "Sketch-Shape's leniency: within about this distance of the sketch's surface the shape is free",
+    "reference": "the picture drawn from the prior that stages weighting loss.reference_mask/reference_rgb match: "
+                 "reference.samples, steps, guidance_scale, elevation, azimuth, fovy, fill, threshold",
     "attention_slicing": "compute the prior's UNet attention in slices and its VAE a sample at a time: less GPU "
                          "memory (a Stable Diffusion recipe on an 8 GB card), a little slower",
     "seed": "random seed; a run is reproducible from it on the same machine",
@@ -687,6 +693,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"steps: expected a positive integer, got {cfg.steps}")
     if not 1 <= cfg.particles <= 64:
         raise ConfigError(f"particles: expected an integer from 1 to 64, got {cfg.particles}")
+    _check_reference(cfg)
     _choice("device", cfg.device, ["auto", "cpu", "cuda"])
     if cfg.device == "cuda":
         import torch
@@ -858,6 +865,22 @@ def _check_sketch(cfg: RunConfig) -> None:
         raise ConfigError(f"sketch: no NeRF stage of recipe '{cfg.recipe}' weights loss.sketch; expected "
                           "recipe=latent-nerf or stages.<name>.loss.sketch=<weight>")
     cfg.sketch = path
+
+
+def _check_reference(cfg: RunConfig) -> None:
+    r = cfg.reference
+    if not 1 <= r.samples <= 64:
+        raise ConfigError(f"reference.samples: expected an integer from 1 to 64, got {r.samples}")
+    if r.steps < 1:
+        raise ConfigError(f"reference.steps: expected a positive integer, got {r.steps}")
+    if not 0 < r.fovy < 180:
+        raise ConfigError(f"reference.fovy: expected degrees between 0 and 180, got {r.fovy}")
+    if not 0 < r.fill <= 1:
+        raise ConfigError(f"reference.fill: expected a share of the view in (0, 1], got {r.fill}")
+    if not 0 < r.threshold < 1:
+        raise ConfigError(f"reference.threshold: expected a colour difference in (0, 1), got {r.threshold}")
+    if not -90 <= r.elevation <= 90:
+        raise ConfigError(f"reference.elevation: expected degrees from -90 to 90, got {r.elevation}")
 
 
 def _check_nerfacc(key: str, device: str) -> None:

@@ -210,6 +210,17 @@ class BaseSystem(pl.LightningModule):
         if takes_camera and stage_cfg.guidance.perp_neg:
             raise Dream3DError(f"stages.{stage_name}.guidance.perp_neg: the prior ({prior.path}) is told the camera, "
                                "not view words; expected a text prior (or perp_neg=false)")
+        # the run's reference picture (dream3d/reference.py), drawn or read back once the stage weights its terms
+        self.reference = None
+        if prior is not None and (self.wants("reference_mask") or self.wants("reference_rgb")):
+            from dream3d.reference import load_or_draw
+
+            if self.wants("reference_rgb") and isinstance(self, LatentStage):
+                raise Dream3DError(f"stages.{stage_name}.loss.reference_rgb: this stage renders latents, not colours; "
+                                   "expected 0 (loss.reference_mask works)")
+            self.reference = load_or_draw(self.run_dir, prior, run_cfg.prompt, run_cfg.reference, run_cfg.seed,
+                                          stage_cfg.camera.framing_radius, tuple(self.reference_background()),
+                                          view_words=run_cfg.view_dependent)
 
     @property
     def step(self) -> int:
@@ -358,6 +369,17 @@ class BaseSystem(pl.LightningModule):
             g = self.guidance(torch.cat(images), cond, uncond, step, generator=gen, cameras=cams_all, latents=lat,
                               negatives=negatives)
         terms = self.guidance_terms(g, n)
+        if self.reference is not None:  # after the guidance's draws, so they are those of a run without it
+            from dream3d.reference import reference_terms
+
+            c = cfg.camera
+            ref_cams = self.reference.cameras(c.framing_radius, c.height, c.width)
+            for particle in self.particles:
+                with self.timed("reference"):
+                    out = self.render_reference(particle, ref_cams, step, gen)
+                for term, value in reference_terms(out, self.reference, self.wants("reference_mask"),
+                                                   self.wants("reference_rgb")).items():
+                    regs[term] = regs.get(term, 0.0) + value
         terms.update(regs)
         loss, logs = self.weighted_loss(terms, step)
         logs.update(t=float(g["t"]), grad_norm=float(g["grad_norm"]))
@@ -375,6 +397,14 @@ class BaseSystem(pl.LightningModule):
     def scored_image(self, out: dict[str, Tensor], step: int) -> tuple[Tensor, Optional[Tensor]]:
         """What the guidance scores: an image [B,H,W,3] and, or instead, latents (None: encode the image)."""
         return out["rgb"], None
+
+    def render_reference(self, particle, cams: Cameras, step: int, gen: torch.Generator) -> dict[str, Tensor]:
+        """Particle's render from the reference camera (rgb over the background, opacity): the training render."""
+        return self.render_training(particle, 0, cams, step, gen)
+
+    def reference_background(self) -> list[float]:
+        """The colour behind the object in this stage's renders, which the reference's mask is cut from."""
+        return list(self.stage_cfg.renderer.background_color)
 
     def regularizers(self, particle, out: dict[str, Tensor]) -> dict[str, Tensor]:
         """The regularizer terms of one particle's render (summed over particles)."""

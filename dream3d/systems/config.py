@@ -38,6 +38,8 @@ class LossConfig:
     sjc: Any = 1.0  # guidance sjc: Score Jacobian Chaining's PAAS update (guidance/sjc.py)
     emptiness: Any = 0.0  # NeRF stages: SJC's mean log(1 + 10 w) over ray samples (systems/base.py emptiness_loss)
     center_depth: Any = 0.0  # NeRF stages: SJC's -log(border depth - centre depth) (systems/base.py center_depth_loss)
+    reference_mask: Any = 0.0  # the render from the run's reference camera: ½ Σ (opacity - mask)² (dream3d/reference.py)
+    reference_rgb: Any = 0.0  # ... ½ Σ (colour - the reference picture)²
 
 
 @dataclass

@@ -295,6 +295,9 @@ class MeshSystem(BaseSystem):
         """The colour behind the object in the stage's renders (``mesh.background_color``)."""
         return torch.tensor(self.stage_cfg.mesh.background_color, device=self.device)
 
+    def reference_background(self) -> list[float]:
+        return list(self.stage_cfg.mesh.background_color)
+
     def render(self, particle: MeshParticle, cams: Cameras, shading: str = "albedo") -> dict[str, Tensor]:
         cams = cams.to(self.device)
         verts, faces = particle.surface()

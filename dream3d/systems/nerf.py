@@ -149,6 +149,15 @@ class NeRFSystem(BaseSystem):
         out["with_normals"] = with_normals
         return out
 
+    def render_reference(self, particle, cams: Cameras, step: int, gen: torch.Generator) -> dict[str, Tensor]:
+        """Lit as the training renders when the reference's colours are matched; else albedo without normals (only
+        the opacity is matched: half the cost)."""
+        if not self.wants("reference_rgb"):
+            return self.render_particle(particle, cams, "albedo", stratified=True, generator=gen, with_normals=False)
+        shading = choose_shading(self.stage_cfg.renderer, step, gen)
+        return self.render_particle(particle, cams, shading, stratified=True, generator=gen,
+                                    with_normals=shading != "albedo")
+
     def regularizers(self, particle, out: dict[str, Tensor]) -> dict[str, Tensor]:
         terms = {}
         if out["with_normals"] and self.wants("orient"):

@@ -1,0 +1,191 @@
+r"""A reference view drawn from the prior itself: one sharp picture of the prompt that the 3D stages match.
+
+Score distillation hands a 3D stage a gradient per render, never a picture: thin parts (a table's legs, a mug's
+handle, a rocket's fins) and straight bottoms fade into what every random view agrees on. A single sample of the
+same prior has them (docs/quality.md, round 14). DreamCraft3D (Sun et al. 2023) and Magic123 (Qian et al. 2023)
+fit a 3D object to one reference image plus score distillation for the other views; here the reference is drawn
+from the run's own prior, so the fit stays text-to-3D:
+
+1. ``reference.samples`` images of the prompt are drawn at the reference camera (elevation, azimuth and fovy of
+   ``reference``; the distance frames the stage's ``camera.framing_radius`` to ``reference.fill`` of the view, the
+   shipped prior's framing): a camera-conditioned prior is told the camera, a text prior gets the view words.
+2. The **medoid** is kept: the sample with the smallest summed squared distance to the others. Samples that drew
+   another colour or the wrong side are outliers and are not chosen while most agree; no classifier is involved
+   (the evaluation's classifier never sees the fit).
+3. Its **mask**: pixels that differ from the white background by more than ``reference.threshold`` in some
+   channel, plus every background-coloured pixel that is not connected to the image border through background
+   (a white object's lit face enclosed by its outline).
+
+Each step a stage that weights ``loss.reference_mask`` or ``loss.reference_rgb`` renders every particle from the
+reference camera (at its training size; the reference is area-resized to it) and adds
+
+    L_mask = ½ Σ_p (α_p - m_p)²,     L_rgb = ½ Σ_p (c_p - r_p)²,
+
+summed over the pixels p of the render (α the opacity, m the mask, c the colour over the background, r the
+reference), so one unit of weight gives a pixel a gradient of the size of its error, comparable to SDS's.
+
+The drawn samples, the chosen one and its mask are written to ``<run>/reference/`` (``samples.png``,
+``reference.png``, ``mask.png``, ``reference.json``); a stage that finds them there with the same settings, prompt,
+seed and prior reads them back instead of drawing again (resumed runs, later stages, refits).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dream3d.cameras import Cameras, framing_distance, make_cameras
+
+REFERENCE_DIR = "reference"
+
+
+@dataclass
+class ReferenceConfig:
+    """How the run's reference view is drawn (used by stages that weight ``loss.reference_mask`` / ``reference_rgb``)."""
+
+    samples: int = 8  # drawn at the reference camera; the medoid is kept
+    steps: int = 20  # DPM-Solver++ steps a sample
+    guidance_scale: float = 7.5
+    elevation: float = 15.0  # the reference camera, degrees
+    azimuth: float = 0.0  # 0: the front (+Z)
+    fovy: float = 55.0
+    fill: float = 0.875  # the share of the field of view that a sphere of the stage's camera.framing_radius spans
+    threshold: float = 0.05  # a pixel is the object where a channel differs from the background by more than this
+
+
+@dataclass
+class Reference:
+    """The chosen sample ``image`` [1,S,S,3] in [0,1], its ``mask`` [1,S,S,1] in {0,1}, and the camera settings."""
+
+    image: Tensor
+    mask: Tensor
+    cfg: ReferenceConfig
+
+    def at(self, height: int, width: int) -> tuple[Tensor, Tensor]:
+        """(image [1,H,W,3], mask [1,H,W,1]) area-resized to a render's size (the mask becomes fractional)."""
+        both = torch.cat([self.image, self.mask], dim=-1).permute(0, 3, 1, 2)
+        if both.shape[-2:] != (height, width):
+            both = F.interpolate(both, (height, width), mode="area")
+        both = both.permute(0, 2, 3, 1)
+        return both[..., :3], both[..., 3:]
+
+    def cameras(self, framing_radius: float, height: int, width: int) -> Cameras:
+        """The reference camera at a render's size; the light at the camera."""
+        return reference_cameras(self.cfg, framing_radius, height, width)
+
+
+def reference_cameras(cfg: ReferenceConfig, framing_radius: float, height: int, width: int) -> Cameras:
+    one = torch.ones(1)
+    distance = framing_distance(framing_radius, one * cfg.fovy, one * cfg.fill)
+    return make_cameras(one * cfg.elevation, one * cfg.azimuth, distance, one * cfg.fovy, height, width)
+
+
+def medoid(images: Tensor) -> int:
+    """The index of the image [N,H,W,C] with the smallest summed squared distance to all the others."""
+    flat = images.reshape(images.shape[0], -1).double()
+    return int(torch.cdist(flat, flat).pow(2).sum(1).argmin())
+
+
+def object_mask(image: Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                threshold: float = 0.05) -> Tensor:
+    """image [H,W,3] -> mask [H,W] (bool): where a channel differs from ``background`` by more than ``threshold``,
+    and every background-like pixel not connected to the image border through background-like pixels (4-neighbours)."""
+    bg = torch.tensor(background, dtype=image.dtype)
+    solid = (image - bg).abs().amax(-1) > threshold
+    free = ~solid
+    outside = torch.zeros_like(free)
+    outside[0, :], outside[-1, :], outside[:, 0], outside[:, -1] = free[0, :], free[-1, :], free[:, 0], free[:, -1]
+    while True:  # flood fill from the border through background-like pixels
+        grown = outside.clone()
+        grown[1:] |= outside[:-1]
+        grown[:-1] |= outside[1:]
+        grown[:, 1:] |= outside[:, :-1]
+        grown[:, :-1] |= outside[:, 1:]
+        grown &= free
+        if torch.equal(grown, outside):
+            return ~outside
+        outside = grown
+
+
+def settings_record(cfg: ReferenceConfig, prompt: str, seed: int, prior_path: str, framing_radius: float) -> dict:
+    return {"prompt": prompt, "seed": int(seed), "prior": str(prior_path), "framing_radius": float(framing_radius),
+            **asdict(cfg)}
+
+
+def draw(prior, prompt: str, cfg: ReferenceConfig, seed: int, framing_radius: float,
+         view_words: bool = True) -> tuple[Tensor, int]:
+    """``cfg.samples`` images [N,S,S,3] of ``prompt`` at the reference camera, and the medoid's index. A camera prior
+    is told the camera (``camera_cfg``); a text prior gets the camera's view words when ``view_words``."""
+    from dream3d.prior.prompts import view_prompt
+    from dream3d.prior.sample import sample
+
+    cams = reference_cameras(cfg, framing_radius, prior.image_size, prior.image_size)
+    if prior.takes_camera:
+        images = sample(prior, prompt, n=cfg.samples, steps=cfg.steps, guidance=cfg.guidance_scale, seed=seed,
+                        c2w=cams.c2w)
+    else:
+        label = cams.view_labels()[0] if view_words else None
+        images = sample(prior, view_prompt(prompt, label), n=cfg.samples, steps=cfg.steps,
+                        guidance=cfg.guidance_scale, seed=seed)
+    return images.clamp(0, 1), medoid(images)
+
+
+def _read_png(path: Path) -> Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
+
+
+def load_or_draw(run_dir: Optional[Path], prior, prompt: str, cfg: ReferenceConfig, seed: int,
+                 framing_radius: float, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                 view_words: bool = True) -> Reference:
+    """The run's reference: read from ``<run_dir>/reference/`` when it was drawn with the same settings, else drawn
+    (:func:`draw`) and written there (atomically; nothing is written without a run folder)."""
+    from dream3d.io import save_png, write_json
+    from dream3d.prior.sample import save_grid
+
+    record = settings_record(cfg, prompt, seed, prior.path, framing_radius)
+    folder = None if run_dir is None else Path(run_dir) / REFERENCE_DIR
+    if folder is not None and (folder / "reference.json").is_file() and (folder / "reference.png").is_file():
+        try:
+            stored = json.loads((folder / "reference.json").read_text())
+        except (OSError, ValueError):
+            stored = None
+        if isinstance(stored, dict) and stored.get("settings") == record:
+            image = _read_png(folder / "reference.png")
+            return Reference(image[None], object_mask(image, background, cfg.threshold)[None, ..., None].float(), cfg)
+    images, chosen = draw(prior, prompt, cfg, seed, framing_radius, view_words)
+    image = images[chosen]
+    mask = object_mask(image, background, cfg.threshold)
+    if folder is not None:
+        save_grid(images, folder / "samples.png")
+        save_png(folder / "reference.png", (image.numpy() * 255).round().astype(np.uint8))
+        save_png(folder / "mask.png", mask.numpy().astype(np.uint8) * 255)
+        write_json(folder / "reference.json", {"settings": record, "chosen": chosen,
+                                               "mask_share": round(float(mask.float().mean()), 4)})
+        # what is kept is the PNG (8 bits): use it, so a later stage that reads it back sees the same picture
+        image = _read_png(folder / "reference.png")
+        mask = object_mask(image, background, cfg.threshold)
+    return Reference(image[None], mask[None, ..., None].float(), cfg)
+
+
+def reference_terms(out: dict[str, Tensor], ref: Reference, want_mask: bool, want_rgb: bool) -> dict[str, Tensor]:
+    """L_mask and L_rgb (module docstring) of one reference render ``out`` (rgb [1,H,W,3] over the background,
+    opacity [1,H,W,1])."""
+    H, W = out["opacity"].shape[1:3]
+    image, mask = ref.at(H, W)
+    image, mask = image.to(out["opacity"]), mask.to(out["opacity"])
+    terms = {}
+    if want_mask:
+        terms["reference_mask"] = 0.5 * (out["opacity"] - mask).pow(2).sum()
+    if want_rgb:
+        terms["reference_rgb"] = 0.5 * (out["rgb"] - image).pow(2).sum()
+    return terms
