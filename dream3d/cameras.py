@@ -84,8 +84,9 @@ class Cameras:
     def focal(self) -> Tensor:  # [B] in pixels
         return 0.5 * self.height / torch.tan(torch.deg2rad(self.fovy) / 2)
 
-    def rays(self) -> tuple[Tensor, Tensor]:
-        """World-space rays through pixel centres: origins [B,H,W,3], unit directions [B,H,W,3]."""
+    def rays(self, offset: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """World-space rays through pixel centres: origins [B,H,W,3], unit directions [B,H,W,3]. ``offset`` [B,2]
+        (pixels, x right and y down) moves every ray of an image off its pixel centre by the same amount."""
         B, H, W = self.batch_size, self.height, self.width
         dev = self.c2w.device
         j, i = torch.meshgrid(
@@ -93,9 +94,13 @@ class Cameras:
             torch.arange(W, device=dev, dtype=torch.float32) + 0.5,
             indexing="ij",
         )
+        i, j = i.expand(B, H, W), j.expand(B, H, W)
+        if offset is not None:
+            offset = offset.to(dev, torch.float32)
+            i, j = i + offset[:, 0, None, None], j + offset[:, 1, None, None]
         f = self.focal().view(B, 1, 1)
         dirs_cam = torch.stack(
-            [(i - W / 2).expand(B, H, W) / f, -(j - H / 2).expand(B, H, W) / f, -torch.ones(B, H, W, device=dev)],
+            [(i - W / 2) / f, -(j - H / 2) / f, -torch.ones(B, H, W, device=dev)],
             dim=-1,
         )  # [B,H,W,3]
         dirs = torch.einsum("bij,bhwj->bhwi", self.c2w[:, :3, :3], dirs_cam)

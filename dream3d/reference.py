@@ -42,8 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.cameras import Cameras, framing_distance, make_cameras
-
-REFERENCE_DIR = "reference"
+from dream3d.rundir import RunFolder
 
 
 @dataclass
@@ -73,6 +72,17 @@ class Reference:
         both = torch.cat([self.image, self.mask], dim=-1).permute(0, 3, 1, 2)
         if both.shape[-2:] != (height, width):
             both = F.interpolate(both, (height, width), mode="area")
+        both = both.permute(0, 2, 3, 1)
+        return both[..., :3], both[..., 3:]
+
+    def sampled(self, height: int, width: int, offset: Tensor) -> tuple[Tensor, Tensor]:
+        """(image, mask) read bilinearly at the pixel centres of an H x W render moved by ``offset`` [1,2] pixels
+        (x, y), as :meth:`dream3d.cameras.Cameras.rays` moves its rays: the target of a jittered render."""
+        both = torch.cat([self.image, self.mask], dim=-1).permute(0, 3, 1, 2)
+        ys = (torch.arange(height, dtype=torch.float32) + 0.5 + float(offset[0, 1])) / height * 2 - 1
+        xs = (torch.arange(width, dtype=torch.float32) + 0.5 + float(offset[0, 0])) / width * 2 - 1
+        grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]  # [1,H,W,(x, y)]
+        both = F.grid_sample(both, grid, mode="bilinear", padding_mode="border", align_corners=False)
         both = both.permute(0, 2, 3, 1)
         return both[..., :3], both[..., 3:]
 
@@ -153,7 +163,7 @@ def load_or_draw(run_dir: Optional[Path], prior, prompt: str, cfg: ReferenceConf
     from dream3d.prior.sample import save_grid
 
     record = settings_record(cfg, prompt, seed, prior.path, framing_radius)
-    folder = None if run_dir is None else Path(run_dir) / REFERENCE_DIR
+    folder = None if run_dir is None else RunFolder(run_dir).reference_dir
     if folder is not None and (folder / "reference.json").is_file() and (folder / "reference.png").is_file():
         try:
             stored = json.loads((folder / "reference.json").read_text())
@@ -179,9 +189,11 @@ def load_or_draw(run_dir: Optional[Path], prior, prompt: str, cfg: ReferenceConf
 
 def reference_terms(out: dict[str, Tensor], ref: Reference, want_mask: bool, want_rgb: bool) -> dict[str, Tensor]:
     """L_mask and L_rgb (module docstring) of one reference render ``out`` (rgb [1,H,W,3] over the background,
-    opacity [1,H,W,1])."""
+    opacity [1,H,W,1]; ``pixel_offset`` [1,2] when its rays were moved off the pixel centres: the reference is then
+    read at the same points, else area-resized)."""
     H, W = out["opacity"].shape[1:3]
-    image, mask = ref.at(H, W)
+    offset = out.get("pixel_offset")
+    image, mask = ref.at(H, W) if offset is None else ref.sampled(H, W, offset)
     image, mask = image.to(out["opacity"]), mask.to(out["opacity"])
     terms = {}
     if want_mask:

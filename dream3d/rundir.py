@@ -11,6 +11,8 @@
         export/particle<k>/         model.glb and turntable.mp4 of particle k >= 1 (particles=N)
         eval.json                   ``dream3d eval``'s figures
         batch.json, batch.log       a ``dream3d batch`` fit's record (attempts, worker, status) and its output
+        reference/                  the reference view's samples.png, reference.png, mask.png, reference.json
+                                    (stages weighting loss.reference_*; dream3d/reference.py)
         .lock                       held (flock) by the one process working in the folder
 
 Every path of a run folder is spelled here and nowhere else.
@@ -42,6 +44,7 @@ EXPORT_DIR = "export"
 EVAL_FILE = "eval.json"
 MESH_FILE, VIDEO_FILE = "model.glb", "turntable.mp4"
 BATCH_RECORD, BATCH_LOG = "batch.json", "batch.log"
+REFERENCE_DIR = "reference"
 TEMP_NAME = re.compile(r"^\..+\.tmp\d+")  # io.atomic_path's temporary names
 
 
@@ -85,6 +88,11 @@ class RunFolder:
     @property
     def eval_path(self) -> Path:
         return self.path / EVAL_FILE
+
+    @property
+    def reference_dir(self) -> Path:
+        """``reference/``: the reference view drawn from the prior (:mod:`dream3d.reference`)."""
+        return self.path / REFERENCE_DIR
 
     @property
     def batch_record_path(self) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dream3d"
 RUN_FOLDER_NAMES = {"ckpts", "last.ckpt", "summary.json", "config.yaml", "eval.json", "metrics.csv", "model.glb",
-                    "turntable.mp4", "export", "stages", "val", ".lock"}
+                    "turntable.mp4", "export", "stages", "val", ".lock", "reference"}
 # files of the same names that belong to other folders: the prior's training folder, a comparison's folder
 NOT_RUN_FOLDERS = {("dream3d/shapeworld/train.py", "summary.json"), ("dream3d/compare/report.py", "summary.json"),
                    ("dream3d/batch/results.py", "summary.json")}

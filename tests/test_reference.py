@@ -103,3 +103,25 @@ def test_reference_config_errors(latent_prior_dir):
             load_config([*base, f"{key}={value}"])
     cfg = load_config([*base, "reference.samples=4", "stages.coarse.loss.reference_mask=2"])
     assert cfg.reference.samples == 4 and cfg.stages["coarse"].loss.reference_mask == 2
+
+
+def test_jittered_rays_and_the_reference_read_at_the_same_points():
+    """A render's rays moved by whole pixels are the next pixels' rays, and the reference read at the moved points is
+    the next pixels' values: the jittered target lines up with the jittered render."""
+    from dream3d.reference import Reference, reference_cameras
+
+    cams = reference_cameras(ReferenceConfig(), 0.6, 16, 16)
+    o, d = cams.rays()
+    o0, d0 = cams.rays(torch.zeros(1, 2))
+    assert torch.equal(d, d0) and torch.equal(o, o0)
+    _, right = cams.rays(torch.tensor([[1.0, 0.0]]))
+    _, down = cams.rays(torch.tensor([[0.0, 1.0]]))
+    assert torch.allclose(right[:, :, :-1], d[:, :, 1:], atol=1e-6) and torch.allclose(down[:, :-1], d[:, 1:], atol=1e-6)
+    image = torch.rand(1, 16, 16, 3)
+    ref = Reference(image, (image[..., :1] > 0.5).float(), ReferenceConfig())
+    same, mask = ref.sampled(16, 16, torch.zeros(1, 2))
+    assert torch.allclose(same, image, atol=1e-6) and torch.allclose(mask, ref.mask, atol=1e-6)
+    moved, _ = ref.sampled(16, 16, torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(moved[:, :, :-1], image[:, :, 1:], atol=1e-6)
+    half, _ = ref.sampled(16, 16, torch.tensor([[0.0, 0.5]]))  # half-way: the mean of two rows
+    assert torch.allclose(half[:, :-1], 0.5 * (image[:, :-1] + image[:, 1:]), atol=1e-6)

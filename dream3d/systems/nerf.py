@@ -151,12 +151,17 @@ class NeRFSystem(BaseSystem):
 
     def render_reference(self, particle, cams: Cameras, step: int, gen: torch.Generator) -> dict[str, Tensor]:
         """Lit as the training renders when the reference's colours are matched; else albedo without normals (only
-        the opacity is matched: half the cost)."""
-        if not self.wants("reference_rgb"):
-            return self.render_particle(particle, cams, "albedo", stratified=True, generator=gen, with_normals=False)
-        shading = choose_shading(self.stage_cfg.renderer, step, gen)
-        return self.render_particle(particle, cams, shading, stratified=True, generator=gen,
-                                    with_normals=shading != "albedo")
+        the opacity is matched: half the cost). The rays move off the pixel centres by a random offset each step
+        (``pixel_offset``; the reference is read at the same points): with the same rays every step, a field can
+        meet the mask with a fence of density on those rays only (a house's walls came out as a grid)."""
+        shading = choose_shading(self.stage_cfg.renderer, step, gen) if self.wants("reference_rgb") else "albedo"
+        offset = torch.rand(1, 2, generator=gen) - 0.5
+        cams = cams.to(self.device)
+        rays_o, rays_d = cams.rays(offset)
+        out = particle.renderer(particle.nerf, particle.background, rays_o, rays_d, cams.light_position, shading,
+                                True, gen, None, shading != "albedo")
+        out["pixel_offset"] = offset
+        return out
 
     def regularizers(self, particle, out: dict[str, Tensor]) -> dict[str, Tensor]:
         terms = {}
