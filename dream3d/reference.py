@@ -12,17 +12,18 @@ from the run's own prior, so the fit stays text-to-3D:
 2. The **medoid** is kept: the sample with the smallest summed squared distance to the others. Samples that drew
    another colour or the wrong side are outliers and are not chosen while most agree; no classifier is involved
    (the evaluation's classifier never sees the fit).
-3. Its **mask**: pixels that differ from the white background by more than ``reference.threshold`` in some
-   channel, plus every background-coloured pixel that is not connected to the image border through background
-   (a white object's lit face enclosed by its outline).
+3. Its **mask**: the object where a pixel differs from the white background by more than ``reference.threshold``
+   in some channel, the background where it differs by less than 0.4 of that and is connected to the image border
+   through such pixels; the rest is not known and left to the guidance (a pale object's faint edge; background-
+   coloured pixels enclosed by the object, which may be a white face or a hole such as a mug's handle).
 
 Each step a stage that weights ``loss.reference_mask`` or ``loss.reference_rgb`` renders every particle from the
 reference camera (at its training size; the reference is area-resized to it) and adds
 
-    L_mask = ½ Σ_p (α_p - m_p)²,     L_rgb = ½ Σ_p (c_p - r_p)²,
+    L_mask = ½ Σ_p k_p (α_p - m_p)²,     L_rgb = ½ Σ_p (c_p - r_p)²,
 
-summed over the pixels p of the render (α the opacity, m the mask, c the colour over the background, r the
-reference), so one unit of weight gives a pixel a gradient of the size of its error, comparable to SDS's.
+summed over the pixels p of the render (α the opacity, m the mask, k where it is known, c the colour over the
+background, r the reference), so one unit of weight gives a pixel a gradient of the size of its error, comparable to SDS's.
 
 The drawn samples, the chosen one and its mask are written to ``<run>/reference/`` (``samples.png``,
 ``reference.png``, ``mask.png``, ``reference.json``); a stage that finds them there with the same settings, prompt,
@@ -42,7 +43,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.cameras import Cameras, framing_distance, make_cameras
-from dream3d.rundir import RunFolder
 
 
 @dataclass
@@ -61,30 +61,33 @@ class ReferenceConfig:
 
 @dataclass
 class Reference:
-    """The chosen sample ``image`` [1,S,S,3] in [0,1], its ``mask`` [1,S,S,1] in {0,1}, and the camera settings."""
+    """The chosen sample ``image`` [1,S,S,3] in [0,1], its ``mask`` [1,S,S,1] in {0,1}, where the mask is ``known``
+    [1,S,S,1] (:func:`object_mask`), and the camera settings."""
 
     image: Tensor
     mask: Tensor
+    known: Tensor
     cfg: ReferenceConfig
 
-    def at(self, height: int, width: int) -> tuple[Tensor, Tensor]:
-        """(image [1,H,W,3], mask [1,H,W,1]) area-resized to a render's size (the mask becomes fractional)."""
-        both = torch.cat([self.image, self.mask], dim=-1).permute(0, 3, 1, 2)
+    def at(self, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(image [1,H,W,3], mask, known [1,H,W,1]) area-resized to a render's size (mask and known become
+        fractional)."""
+        both = torch.cat([self.image, self.mask, self.known], dim=-1).permute(0, 3, 1, 2)
         if both.shape[-2:] != (height, width):
             both = F.interpolate(both, (height, width), mode="area")
         both = both.permute(0, 2, 3, 1)
-        return both[..., :3], both[..., 3:]
+        return both[..., :3], both[..., 3:4], both[..., 4:]
 
-    def sampled(self, height: int, width: int, offset: Tensor) -> tuple[Tensor, Tensor]:
-        """(image, mask) read bilinearly at the pixel centres of an H x W render moved by ``offset`` [1,2] pixels
+    def sampled(self, height: int, width: int, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(image, mask, known) read bilinearly at the pixel centres of an H x W render moved by ``offset`` [1,2] pixels
         (x, y), as :meth:`dream3d.cameras.Cameras.rays` moves its rays: the target of a jittered render."""
-        both = torch.cat([self.image, self.mask], dim=-1).permute(0, 3, 1, 2)
+        both = torch.cat([self.image, self.mask, self.known], dim=-1).permute(0, 3, 1, 2)
         ys = (torch.arange(height, dtype=torch.float32) + 0.5 + float(offset[0, 1])) / height * 2 - 1
         xs = (torch.arange(width, dtype=torch.float32) + 0.5 + float(offset[0, 0])) / width * 2 - 1
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]  # [1,H,W,(x, y)]
         both = F.grid_sample(both, grid, mode="bilinear", padding_mode="border", align_corners=False)
         both = both.permute(0, 2, 3, 1)
-        return both[..., :3], both[..., 3:]
+        return both[..., :3], both[..., 3:4], both[..., 4:]
 
     def cameras(self, framing_radius: float, height: int, width: int) -> Cameras:
         """The reference camera at a render's size; the light at the camera."""
@@ -104,24 +107,32 @@ def medoid(images: Tensor) -> int:
 
 
 def object_mask(image: Tensor, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                threshold: float = 0.05) -> Tensor:
-    """image [H,W,3] -> mask [H,W] (bool): where a channel differs from ``background`` by more than ``threshold``,
-    and every background-like pixel not connected to the image border through background-like pixels (4-neighbours)."""
+                threshold: float = 0.05) -> tuple[Tensor, Tensor]:
+    """image [H,W,3] -> (mask, known) [H,W] floats in {0, 1}. The object (mask 1) is where a channel differs from
+    ``background`` by more than ``threshold``; the background (mask 0) is what differs by at most ``threshold`` /
+    :data:`CLEAR_SHARE` and is connected to the image border through such pixels (4-neighbours). Everything else is
+    not known (``known`` 0) and left to the guidance: a pale object's faint edge, and background-coloured pixels
+    enclosed by the object, which may be its white face or a hole (a mug's handle, a torus)."""
     bg = torch.tensor(background, dtype=image.dtype)
-    solid = (image - bg).abs().amax(-1) > threshold
-    free = ~solid
-    outside = torch.zeros_like(free)
-    outside[0, :], outside[-1, :], outside[:, 0], outside[:, -1] = free[0, :], free[-1, :], free[:, 0], free[:, -1]
-    while True:  # flood fill from the border through background-like pixels
+    diff = (image - bg).abs().amax(-1)
+    solid = diff > threshold
+    clear = diff <= threshold / CLEAR_SHARE
+    outside = torch.zeros_like(clear)
+    outside[0, :], outside[-1, :], outside[:, 0], outside[:, -1] = clear[0, :], clear[-1, :], clear[:, 0], clear[:, -1]
+    while True:  # flood fill from the border through clear pixels
         grown = outside.clone()
         grown[1:] |= outside[:-1]
         grown[:-1] |= outside[1:]
         grown[:, 1:] |= outside[:, :-1]
         grown[:, :-1] |= outside[:, 1:]
-        grown &= free
+        grown &= clear
         if torch.equal(grown, outside):
-            return ~outside
+            break
         outside = grown
+    return solid.float(), (solid | outside).float()
+
+
+CLEAR_SHARE = 2.5  # background: within threshold / 2.5 of its colour (0.02 at the default 0.05; samples' borders: 0 to 0.04)
 
 
 def settings_record(cfg: ReferenceConfig, prompt: str, seed: int, prior_path: str, framing_radius: float) -> dict:
@@ -154,37 +165,42 @@ def _read_png(path: Path) -> Tensor:
         return torch.from_numpy(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0)
 
 
-def load_or_draw(run_dir: Optional[Path], prior, prompt: str, cfg: ReferenceConfig, seed: int,
+def load_or_draw(folder: Optional[Path], prior, prompt: str, cfg: ReferenceConfig, seed: int,
                  framing_radius: float, background: tuple[float, float, float] = (1.0, 1.0, 1.0),
                  view_words: bool = True) -> Reference:
-    """The run's reference: read from ``<run_dir>/reference/`` when it was drawn with the same settings, else drawn
-    (:func:`draw`) and written there (atomically; nothing is written without a run folder)."""
+    """The run's reference: read from ``folder`` (the run folder's ``reference/``) when it was drawn there with the
+    same settings, else drawn (:func:`draw`) and written there (atomically; nothing is written without a folder)."""
     from dream3d.io import save_png, write_json
     from dream3d.prior.sample import save_grid
 
     record = settings_record(cfg, prompt, seed, prior.path, framing_radius)
-    folder = None if run_dir is None else RunFolder(run_dir).reference_dir
+    folder = None if folder is None else Path(folder)
     if folder is not None and (folder / "reference.json").is_file() and (folder / "reference.png").is_file():
         try:
             stored = json.loads((folder / "reference.json").read_text())
         except (OSError, ValueError):
             stored = None
         if isinstance(stored, dict) and stored.get("settings") == record:
-            image = _read_png(folder / "reference.png")
-            return Reference(image[None], object_mask(image, background, cfg.threshold)[None, ..., None].float(), cfg)
+            return _reference(_read_png(folder / "reference.png"), background, cfg)
     images, chosen = draw(prior, prompt, cfg, seed, framing_radius, view_words)
     image = images[chosen]
-    mask = object_mask(image, background, cfg.threshold)
-    if folder is not None:
-        save_grid(images, folder / "samples.png")
-        save_png(folder / "reference.png", (image.numpy() * 255).round().astype(np.uint8))
-        save_png(folder / "mask.png", mask.numpy().astype(np.uint8) * 255)
-        write_json(folder / "reference.json", {"settings": record, "chosen": chosen,
-                                               "mask_share": round(float(mask.float().mean()), 4)})
-        # what is kept is the PNG (8 bits): use it, so a later stage that reads it back sees the same picture
-        image = _read_png(folder / "reference.png")
-        mask = object_mask(image, background, cfg.threshold)
-    return Reference(image[None], mask[None, ..., None].float(), cfg)
+    if folder is None:
+        return _reference(image, background, cfg)
+    save_grid(images, folder / "samples.png")
+    save_png(folder / "reference.png", (image.numpy() * 255).round().astype(np.uint8))
+    # what is kept is the PNG (8 bits): use it, so a later stage that reads it back sees the same picture
+    ref = _reference(_read_png(folder / "reference.png"), background, cfg)
+    mask, known = ref.mask[0, ..., 0], ref.known[0, ..., 0]
+    save_png(folder / "mask.png", ((mask + known) * 127.5).round().numpy().astype(np.uint8))  # 0, 128, 255
+    write_json(folder / "reference.json", {"settings": record, "chosen": chosen,
+                                           "mask_share": round(float(mask.mean()), 4),
+                                           "unknown_share": round(float(1 - known.mean()), 4)})
+    return ref
+
+
+def _reference(image: Tensor, background: tuple[float, float, float], cfg: ReferenceConfig) -> Reference:
+    mask, known = object_mask(image, background, cfg.threshold)
+    return Reference(image[None], mask[None, ..., None], known[None, ..., None], cfg)
 
 
 def reference_terms(out: dict[str, Tensor], ref: Reference, want_mask: bool, want_rgb: bool) -> dict[str, Tensor]:
@@ -193,11 +209,11 @@ def reference_terms(out: dict[str, Tensor], ref: Reference, want_mask: bool, wan
     read at the same points, else area-resized)."""
     H, W = out["opacity"].shape[1:3]
     offset = out.get("pixel_offset")
-    image, mask = ref.at(H, W) if offset is None else ref.sampled(H, W, offset)
-    image, mask = image.to(out["opacity"]), mask.to(out["opacity"])
+    image, mask, known = ref.at(H, W) if offset is None else ref.sampled(H, W, offset)
+    image, mask, known = (x.to(out["opacity"]) for x in (image, mask, known))
     terms = {}
     if want_mask:
-        terms["reference_mask"] = 0.5 * (out["opacity"] - mask).pow(2).sum()
+        terms["reference_mask"] = 0.5 * (known * (out["opacity"] - mask).pow(2)).sum()
     if want_rgb:
         terms["reference_rgb"] = 0.5 * (out["rgb"] - image).pow(2).sum()
     return terms

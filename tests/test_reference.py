@@ -27,37 +27,40 @@ def test_medoid_is_the_sample_most_like_the_others():
     assert medoid(base[:1]) == 0
 
 
-def test_mask_keeps_a_white_face_inside_the_outline_and_drops_the_background():
+def test_mask_leaves_enclosed_white_and_faint_edges_to_the_guidance():
     image = torch.ones(32, 32, 3)
     yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
     r = ((yy - 16) ** 2 + (xx - 16) ** 2).sqrt()
-    image[(r > 8) & (r <= 10)] = 0.6  # a grey outline around a white (background-coloured) face
+    ring = (r > 8) & (r <= 10)
+    image[ring] = 0.6  # a grey ring around a background-coloured middle: a white face, or a hole (a mug's handle)
     image[0, 0] = 0.99  # background noise under the threshold
-    mask = object_mask(image, threshold=0.05)
-    assert bool(mask[r <= 10].all())  # the enclosed white face is object
-    assert not bool(mask[r > 10.5].any())
-    assert int(mask.sum()) == int((r <= 10).sum())
-    # an open outline (a gap to the border) encloses nothing: only the grey pixels are object
+    image[2, 2] = 0.97  # a faint pixel: neither clearly object nor clearly background
+    mask, known = object_mask(image, threshold=0.05)
+    assert torch.equal(mask.bool(), ring)
+    assert not bool(known[r <= 8].any())  # the enclosed middle is not known
+    assert bool(known[r > 8].logical_not().sum() == 1) and known[2, 2] == 0  # only the faint pixel besides
+    # an open ring (a gap to the border) encloses nothing: its middle is known background
     image[16, 16:] = 1.0
-    assert int(object_mask(image, threshold=0.05).sum()) == int(((r > 8) & (r <= 10)).sum()) - 2
+    mask, known = object_mask(image, threshold=0.05)
+    assert int(mask.sum()) == int(ring.sum()) - 2 and bool(known[r <= 8].all())
 
 
 def test_reference_is_drawn_once_written_and_read_back(camera_prior_dir, tmp_path):
     prior = load_prior(str(camera_prior_dir))
     cfg = ReferenceConfig(samples=3, steps=2)
-    ref = load_or_draw(tmp_path, prior, "a red cube", cfg, seed=0, framing_radius=0.6)
+    ref = load_or_draw(tmp_path / "reference", prior, "a red cube", cfg, seed=0, framing_radius=0.6)
     folder = tmp_path / "reference"
     assert {p.name for p in folder.iterdir()} == {"samples.png", "reference.png", "mask.png", "reference.json"}
     record = json.loads((folder / "reference.json").read_text())
     assert record["chosen"] in (0, 1, 2) and record["settings"]["samples"] == 3
     stamp = (folder / "reference.png").stat().st_mtime_ns
-    again = load_or_draw(tmp_path, prior, "a red cube", cfg, seed=0, framing_radius=0.6)
+    again = load_or_draw(tmp_path / "reference", prior, "a red cube", cfg, seed=0, framing_radius=0.6)
     assert (folder / "reference.png").stat().st_mtime_ns == stamp  # read back, not drawn again
     assert torch.equal(again.image, ref.image) and torch.equal(again.mask, ref.mask)
     assert ref.image.shape == (1, prior.image_size, prior.image_size, 3) and ref.mask.shape[-1] == 1
-    image, mask = ref.at(8, 8)
-    assert image.shape == (1, 8, 8, 3) and mask.shape == (1, 8, 8, 1)
-    other = load_or_draw(tmp_path, prior, "a blue cube", cfg, seed=0, framing_radius=0.6)  # another prompt: drawn
+    image, mask, known = ref.at(8, 8)
+    assert image.shape == (1, 8, 8, 3) and mask.shape == known.shape == (1, 8, 8, 1)
+    other = load_or_draw(tmp_path / "reference", prior, "a blue cube", cfg, seed=0, framing_radius=0.6)  # another prompt: drawn
     assert json.loads((folder / "reference.json").read_text())["settings"]["prompt"] == "a blue cube"
     assert other.image.shape == ref.image.shape
 
@@ -118,10 +121,11 @@ def test_jittered_rays_and_the_reference_read_at_the_same_points():
     _, down = cams.rays(torch.tensor([[0.0, 1.0]]))
     assert torch.allclose(right[:, :, :-1], d[:, :, 1:], atol=1e-6) and torch.allclose(down[:, :-1], d[:, 1:], atol=1e-6)
     image = torch.rand(1, 16, 16, 3)
-    ref = Reference(image, (image[..., :1] > 0.5).float(), ReferenceConfig())
-    same, mask = ref.sampled(16, 16, torch.zeros(1, 2))
+    ref = Reference(image, (image[..., :1] > 0.5).float(), torch.ones(1, 16, 16, 1), ReferenceConfig())
+    same, mask, known = ref.sampled(16, 16, torch.zeros(1, 2))
     assert torch.allclose(same, image, atol=1e-6) and torch.allclose(mask, ref.mask, atol=1e-6)
-    moved, _ = ref.sampled(16, 16, torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(known, ref.known)
+    moved, _, _ = ref.sampled(16, 16, torch.tensor([[1.0, 0.0]]))
     assert torch.allclose(moved[:, :, :-1], image[:, :, 1:], atol=1e-6)
-    half, _ = ref.sampled(16, 16, torch.tensor([[0.0, 0.5]]))  # half-way: the mean of two rows
+    half, _, _ = ref.sampled(16, 16, torch.tensor([[0.0, 0.5]]))  # half-way: the mean of two rows
     assert torch.allclose(half[:, :-1], 0.5 * (image[:, :-1] + image[:, 1:]), atol=1e-6)
