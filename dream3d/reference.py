@@ -69,25 +69,32 @@ class Reference:
     known: Tensor
     cfg: ReferenceConfig
 
+    def _planes(self) -> Tensor:
+        """image, mask and known as one [1,5,S,S] tensor, to resample together."""
+        return torch.cat([self.image, self.mask, self.known], dim=-1).permute(0, 3, 1, 2)
+
+    @staticmethod
+    def _split(planes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[1,5,H,W] -> (image [1,H,W,3], mask, known [1,H,W,1])."""
+        planes = planes.permute(0, 2, 3, 1)
+        return planes[..., :3], planes[..., 3:4], planes[..., 4:]
+
     def at(self, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
         """(image [1,H,W,3], mask, known [1,H,W,1]) area-resized to a render's size (mask and known become
         fractional)."""
-        both = torch.cat([self.image, self.mask, self.known], dim=-1).permute(0, 3, 1, 2)
-        if both.shape[-2:] != (height, width):
-            both = F.interpolate(both, (height, width), mode="area")
-        both = both.permute(0, 2, 3, 1)
-        return both[..., :3], both[..., 3:4], both[..., 4:]
+        planes = self._planes()
+        if planes.shape[-2:] != (height, width):
+            planes = F.interpolate(planes, (height, width), mode="area")
+        return self._split(planes)
 
     def sampled(self, height: int, width: int, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(image, mask, known) read bilinearly at the pixel centres of an H x W render moved by ``offset`` [1,2] pixels
         (x, y), as :meth:`dream3d.cameras.Cameras.rays` moves its rays: the target of a jittered render."""
-        both = torch.cat([self.image, self.mask, self.known], dim=-1).permute(0, 3, 1, 2)
         ys = (torch.arange(height, dtype=torch.float32) + 0.5 + float(offset[0, 1])) / height * 2 - 1
         xs = (torch.arange(width, dtype=torch.float32) + 0.5 + float(offset[0, 0])) / width * 2 - 1
         grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], dim=-1)[None]  # [1,H,W,(x, y)]
-        both = F.grid_sample(both, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        both = both.permute(0, 2, 3, 1)
-        return both[..., :3], both[..., 3:4], both[..., 4:]
+        return self._split(F.grid_sample(self._planes(), grid, mode="bilinear", padding_mode="border",
+                                         align_corners=False))
 
     def cameras(self, framing_radius: float, height: int, width: int) -> Cameras:
         """The reference camera at a render's size; the light at the camera."""

@@ -222,6 +222,8 @@ class BaseSystem(pl.LightningModule):
             self.reference = load_or_draw(folder, prior, run_cfg.prompt, run_cfg.reference, run_cfg.seed,
                                           stage_cfg.camera.framing_radius, tuple(self.reference_background()),
                                           view_words=run_cfg.view_dependent)
+            c = stage_cfg.camera
+            self.reference_cams = self.reference.cameras(c.framing_radius, c.height, c.width)
 
     @property
     def step(self) -> int:
@@ -373,11 +375,9 @@ class BaseSystem(pl.LightningModule):
         if self.reference is not None:  # after the guidance's draws, so they are those of a run without it
             from dream3d.reference import reference_terms
 
-            c = cfg.camera
-            ref_cams = self.reference.cameras(c.framing_radius, c.height, c.width)
             for particle in self.particles:
                 with self.timed("reference"):
-                    out = self.render_reference(particle, ref_cams, step, gen)
+                    out = self.render_reference(particle, self.reference_cams, step, gen)
                 for term, value in reference_terms(out, self.reference, self.wants("reference_mask"),
                                                    self.wants("reference_rgb")).items():
                     regs[term] = regs.get(term, 0.0) + value

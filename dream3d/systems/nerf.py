@@ -122,10 +122,11 @@ class NeRFSystem(BaseSystem):
                                     with_normals)
 
     def render_particle(self, p: NeRFParticle, cams: Cameras, shading: str = "albedo", stratified: bool = False,
-                        generator=None, bg_color: Tensor | None = None,
-                        with_normals: bool | None = None) -> dict[str, Tensor]:
+                        generator=None, bg_color: Tensor | None = None, with_normals: bool | None = None,
+                        pixel_offset: Tensor | None = None) -> dict[str, Tensor]:
+        """``pixel_offset`` [B,2]: the rays moved off the pixel centres (:meth:`dream3d.cameras.Cameras.rays`)."""
         cams = cams.to(self.device)
-        rays_o, rays_d = cams.rays()
+        rays_o, rays_d = cams.rays(pixel_offset)
         return p.renderer(p.nerf, p.background, rays_o, rays_d, cams.light_position, shading, stratified, generator,
                           bg_color, with_normals)
 
@@ -156,10 +157,8 @@ class NeRFSystem(BaseSystem):
         meet the mask with a fence of density on those rays only (a house's walls came out as a grid)."""
         shading = choose_shading(self.stage_cfg.renderer, step, gen) if self.wants("reference_rgb") else "albedo"
         offset = torch.rand(1, 2, generator=gen) - 0.5
-        cams = cams.to(self.device)
-        rays_o, rays_d = cams.rays(offset)
-        out = particle.renderer(particle.nerf, particle.background, rays_o, rays_d, cams.light_position, shading,
-                                True, gen, None, shading != "albedo")
+        out = self.render_particle(particle, cams, shading, stratified=True, generator=gen,
+                                   with_normals=shading != "albedo", pixel_offset=offset)
         out["pixel_offset"] = offset
         return out
 
