@@ -640,6 +640,9 @@ def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -
         raise ConfigError(f"{p}.dmtet: expected resolution >= 4, radius > 0 and 0 < deformation_bound <= 1, got "
                           f"{d.resolution}, {d.radius}, {d.deformation_bound}")
     _choice(f"{p}.dmtet.init_level", d.init_level, ["half-peak", "matched"])
+    if d.init_hull and d.init_level != "matched":
+        raise ConfigError(f"{p}.dmtet.init_hull: true needs {p}.dmtet.init_level=matched (the hull is of its "
+                          f"silhouettes), got init_level={d.init_level}")
     if not 0 < d.init_alpha < 1:
         raise ConfigError(f"{p}.dmtet.init_alpha: expected an opacity between 0 and 1 (exclusive), got {d.init_alpha}")
     if not 0 <= d.init_core_alpha < 1:

@@ -74,9 +74,11 @@ def test_volume_backend_choices(latent_prior_dir):
 
 def test_bad_dmtet_start_settings_raise_one_line(latent_prior_dir):
     for override, needle in [("stages.fine.dmtet.init_alpha=1.0", "stages.fine.dmtet.init_alpha: expected an opacity"),
-                             ("stages.fine.dmtet.init_level=peak", "stages.fine.dmtet.init_level: expected one of")]:
+                             ("stages.fine.dmtet.init_level=peak", "stages.fine.dmtet.init_level: expected one of"),
+                             ("stages.fine.dmtet.init_level=half-peak stages.fine.dmtet.init_hull=true",
+                              "stages.fine.dmtet.init_hull: true needs stages.fine.dmtet.init_level=matched")]:
         with pytest.raises(ConfigError) as info:
-            load_config(base(latent_prior_dir) + ["recipe=magic3d", override])
+            load_config(base(latent_prior_dir) + ["recipe=magic3d", *override.split()])
         assert needle in str(info.value) and "\n" not in str(info.value)
 
 

@@ -348,6 +348,26 @@ def test_init_core_alpha_tightens_the_dense_parts_and_keeps_the_faint_ones(cache
     assert widths[0.0] > 0.36 and widths[0.6] < 0.3, widths  # the hat with its halo (0.4 across), then without
 
 
+def test_init_hull_starts_an_open_box_as_a_solid_box(cache_dir):
+    """A dense open box (no lid: a cube whose top face rendered faint) starts as a bucket at the matched level and
+    as a solid box with the visual hull; both are closed and face outwards."""
+    def bucket(x):
+        a = x.abs()
+        cavity = (a[:, 0] < 0.28) & (a[:, 2] < 0.28) & (x[:, 1] > -0.28)
+        return 50.0 * ((a < 0.35).all(-1) & ~cavity).float()
+
+    dmtet = _dmtet(cache_dir, 32)
+    dmtet.cfg.init_level, dmtet.cfg.init_alpha = "matched", 0.3
+    volumes = {}
+    for hull in (False, True):
+        dmtet.cfg.init_hull = hull
+        dmtet.init_from_density(bucket, fit_steps=0)
+        verts, faces = dmtet.mesh()
+        _check_closed_outward(verts, faces)
+        volumes[hull] = float(signed_volume(verts.detach(), faces))
+    assert volumes[False] < 0.5 * 0.7**3 < 0.8 * 0.7**3 < volumes[True] < 1.2 * 0.7**3, volumes
+
+
 def test_init_from_mesh_reproduces_shape_world_objects(cache_dir):
     cams = turntable(8, elevation=20.0, distance=1.6, fovy=45.0, size=64)
     dmtet = _dmtet(cache_dir, 48)

@@ -20,6 +20,7 @@ from dream3d.export.mesh import (
     export_mesh,
     extract_mesh,
     faint_parts,
+    visual_hull,
     load_mesh,
     matched_threshold,
     signed_volume,
@@ -307,6 +308,38 @@ def test_matched_threshold_alpha_picks_the_opacity_a_part_must_render_at():
     assert low < 1.5 < high < 30.0
     with pytest.raises(ValueError, match="alpha"):
         matched_threshold(grid, 1.0, alpha=1.0)
+
+
+def bucket(x: torch.Tensor) -> torch.Tensor:
+    """A dense open box (walls and a bottom 0.08 thick, no lid) of side 0.8: what a coarse NeRF can make of a cube
+    whose top face renders faint."""
+    a = x.abs()
+    box = (a < 0.4).all(-1)
+    cavity = (a[:, 0] < 0.32) & (a[:, 2] < 0.32) & (x[:, 1] > -0.32)
+    return 50.0 * (box & ~cavity).float()
+
+
+def torus(x: torch.Tensor) -> torch.Tensor:
+    ring = torch.stack([x[:, [0, 2]].norm(dim=-1) - 0.35, x[:, 1]], -1).norm(dim=-1)
+    return 50.0 * (ring < 0.12).float()
+
+
+def test_visual_hull_fills_what_every_side_sees_opaque_and_keeps_holes_seen_through():
+    lin = torch.linspace(-1.0, 1.0, 49)
+
+    def at(mask, x, y, z):
+        return bool(mask[(lin - x).abs().argmin(), (lin - y).abs().argmin(), (lin - z).abs().argmin()])
+
+    grid = density_grid(bucket, 1.0, 49, 65536)
+    hull = visual_hull(grid, 1.0, alpha=0.3)
+    assert at(hull, 0.0, 0.0, 0.0) and at(hull, 0.2, 0.3, -0.2)  # the open box's inside: a solid box
+    assert not at(grid > 25.0, 0.0, 0.0, 0.0)  # ... where its level set is empty
+    assert not at(hull, 0.0, 0.5, 0.0) and not at(hull, 0.55, 0.0, 0.0)  # nothing over or beside it
+    grid = density_grid(torus, 1.0, 49, 65536)
+    hull = visual_hull(grid, 1.0, alpha=0.3)
+    assert at(hull, 0.35, 0.0, 0.0) and at(hull, 0.0, 0.0, -0.35)  # the ring
+    assert not at(hull, 0.0, 0.0, 0.0)  # the hole, seen through from above
+    assert int((hull & (grid < 25.0)).sum()) < 0.25 * int((grid > 25.0).sum())  # little besides the ring
 
 
 def test_faint_parts_keeps_a_whole_faint_part_and_drops_the_halo():

@@ -66,6 +66,9 @@ class DMTetConfig:
     # matched, when above init_alpha: start at this opacity's level (a tighter silhouette), plus the parts that
     # only init_alpha's level has (export.mesh.faint_parts: a white body under a dark hat); 0: off
     init_core_alpha: float = 0.0
+    # matched: also fill the field's visual hull at init_alpha (export.mesh.visual_hull): a face or a white body
+    # that renders faint from some side, or a bubble's inside, which no level reaches, starts solid
+    init_hull: bool = False
     encoding: HashGridConfig = field(default_factory=HashGridConfig)  # albedo field
     backend: str = "auto"  # hash grid: auto | torch | tcnn
     hidden: int = 64  # albedo MLP width
@@ -186,6 +189,8 @@ class DMTet(nn.Module):
                 threshold = matched_threshold(grid, self.radius, alpha=self.cfg.init_alpha)
                 if self.cfg.init_core_alpha > self.cfg.init_alpha:
                     density_fn, density, threshold = self._core_and_faint_parts(density_fn, density, grid, threshold)
+                if self.cfg.init_hull:
+                    density_fn, density = self._with_hull(density_fn, density, grid, threshold)
             else:
                 threshold = auto_threshold(float(density.max()), self.radius)
         raw = float(threshold) - density  # [V], negative inside
@@ -222,6 +227,25 @@ class DMTet(nn.Module):
             return density_fn(points).reshape(-1) * factor
 
         return scaled, density * scale, core
+
+    def _with_hull(self, density_fn: DensityFn, density: Tensor, grid: Tensor, threshold: float):
+        """The level set of ``threshold`` united with the visual hull of ``grid`` (the density at the grid vertices,
+        [n,n,n] on the CPU) at ``init_alpha``, where the level set lies below: there the density is raised to twice
+        the level, with the edge at the level. -> (density_fn, density)."""
+        from dream3d.export.mesh import visual_hull
+
+        hull = visual_hull(grid, self.radius, alpha=self.cfg.init_alpha)
+        # only over the level set (grid index 1 is y, up): no camera looks up from below an object, so under it the
+        # hull hangs down to the lowest haze any side sees, a skirt that no view carves away
+        hull &= (grid > float(threshold)).int().cummax(dim=1).values.bool()
+        hull = hull.reshape(-1).float().to(density)
+        level, radius, resolution = 2.0 * float(threshold), self.radius, self.resolution
+
+        def united(points: Tensor) -> Tensor:
+            filled = level * kuhn_interpolate(hull.to(points), points / radius, resolution)
+            return torch.maximum(density_fn(points).reshape(-1), filled)
+
+        return united, torch.maximum(density, level * hull)
 
     def _band(self, inside: Tensor) -> Tensor:
         """Vertices [V] bool of the candidate cells of ``inside`` (those next to the surface)."""
