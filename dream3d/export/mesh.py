@@ -54,6 +54,14 @@ def auto_threshold(max_density: float, radius: float) -> float:
     return max(floor, min(math.log(2.0) / step, 0.5 * max_density))
 
 
+def _renders_opaque(line_density: Tensor, spacing: float, alpha: float) -> Tensor:
+    """Which lines render at least ``alpha`` opaque: their summed density times the grid spacing (the optical depth)
+    exceeds ln(1 / (1 - alpha))."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    return line_density * spacing > -math.log(1.0 - alpha)
+
+
 def matched_threshold(grid: Tensor, radius: float, candidates: int = 96, alpha: float = 0.5) -> float:
     """The iso-level whose surface shows the silhouettes the field renders.
 
@@ -73,9 +81,7 @@ def matched_threshold(grid: Tensor, radius: float, candidates: int = 96, alpha: 
     peak = float(grid.max())
     floor = auto_threshold(0.0, radius)
     spacing = 2.0 * radius / max(res - 1, 1)
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    targets = [grid.sum(axis) * spacing > -math.log(1.0 - alpha) for axis in range(3)]
+    targets = [_renders_opaque(grid.sum(axis), spacing, alpha) for axis in range(3)]
     if peak <= floor or not any(bool(t.any()) for t in targets):
         return auto_threshold(peak, radius)
     maxima = [grid.amax(axis) for axis in range(3)]
@@ -157,7 +163,6 @@ def visual_hull(grid: Tensor, radius: float, alpha: float = 0.5, elevations: Ite
     points = torch.stack(torch.meshgrid(lin, lin, lin, indexing="ij"), dim=-1).reshape(-1, 3)
     volume = grid.permute(2, 1, 0)[None, None]  # grid_sample's [D, H, W] = (z, y, x)
     spacing = 2.0 * radius / max(res - 1, 1)
-    depth = -math.log(1.0 - alpha)
     views = [(float(e), 360.0 * k / azimuths) for e in elevations for k in range(azimuths)] + [(90.0, 0.0)]
     inside = torch.ones(points.shape[0], dtype=torch.bool)
     for elevation, azimuth in views:
@@ -165,7 +170,7 @@ def visual_hull(grid: Tensor, radius: float, alpha: float = 0.5, elevations: Ite
         # the density on a grid aligned with the view (image x, image y, towards the camera), summed along the rays
         world = (points @ axes) / radius
         aligned = F.grid_sample(volume, world.view(1, res, res, res, 3), align_corners=True)[0, 0]
-        mask = (aligned.sum(2) * spacing > depth).float()  # [x, y] of the image
+        mask = _renders_opaque(aligned.sum(2), spacing, alpha).float()  # [x, y] of the image
         image = (points @ axes.t())[:, :2] / radius
         covered = F.grid_sample(mask.t()[None, None], image.view(1, 1, -1, 2), align_corners=True)[0, 0, 0]
         inside &= covered > 0.5

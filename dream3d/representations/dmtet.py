@@ -220,11 +220,10 @@ class DMTet(nn.Module):
         scale = torch.ones(n, n, n)
         scale[faint_parts(grid, low, core)] = core / low
         scale = scale.reshape(-1).to(density)
-        radius, resolution = self.radius, self.resolution
+        factor = self._vertex_field(scale)
 
         def scaled(points: Tensor) -> Tensor:
-            factor = kuhn_interpolate(scale.to(points), points / radius, resolution)
-            return density_fn(points).reshape(-1) * factor
+            return density_fn(points).reshape(-1) * factor(points)
 
         return scaled, density * scale, core
 
@@ -239,13 +238,17 @@ class DMTet(nn.Module):
         # hull hangs down to the lowest haze any side sees, a skirt that no view carves away
         hull &= (grid > float(threshold)).int().cummax(dim=1).values.bool()
         hull = hull.reshape(-1).float().to(density)
-        level, radius, resolution = 2.0 * float(threshold), self.radius, self.resolution
+        level, inside = 2.0 * float(threshold), self._vertex_field(hull)
 
         def united(points: Tensor) -> Tensor:
-            filled = level * kuhn_interpolate(hull.to(points), points / radius, resolution)
-            return torch.maximum(density_fn(points).reshape(-1), filled)
+            return torch.maximum(density_fn(points).reshape(-1), level * inside(points))
 
         return united, torch.maximum(density, level * hull)
+
+    def _vertex_field(self, values: Tensor) -> DensityFn:
+        """World points [N,3] -> ``values`` [V] (one per grid vertex) interpolated as marching tets meshes them."""
+        radius, resolution = self.radius, self.resolution
+        return lambda points: kuhn_interpolate(values.to(points), points / radius, resolution)
 
     def _band(self, inside: Tensor) -> Tensor:
         """Vertices [V] bool of the candidate cells of ``inside`` (those next to the surface)."""
