@@ -10,7 +10,8 @@ Prompts: ``--catalogue`` (all 58 shape-world captions, each with a true mesh), `
 :data:`SUBSET`), ``--prompts FILE`` (one a line) or ``--quick`` (the old preset: dreamfusion on a red cube and
 a snowman, 2 seeds, 300 steps, plus ``--timing``). Recipe: ``--recipe``/``--recipes`` (comma list; default
 the project's default recipe). Seeds: 1 unless ``--seeds`` (2 for ``--prompts`` and the single default
-prompt, as before).
+prompt, as before), counted from 0 or from ``--first-seed``. ``--set`` takes any ``dream3d fit`` key but those the
+benchmark sets for each run (seed, prompt, recipe, name, output_dir, threads, resume: :data:`PER_RUN_KEYS`).
 
 Each (recipe, prompt, seed) is one ``dream3d fit`` in its own process (so its peak memory is its own), then
 ``dream3d eval`` on its exported mesh, both with ``OMP_NUM_THREADS=MKL_NUM_THREADS=--threads`` (default 1)
@@ -73,6 +74,12 @@ REFIT: dict = {}  # --refit/--from: {"stage": name, "source": folder}
 FIGURES = ["r_precision", "object_accuracy", "colour_accuracy", "iou", "colour_error", "janus", "volume_iou",
            "chamfer"]
 EVAL_KEYS = FIGURES + ["front_accuracy", "front_azimuth", "front_ok", "top_caption", "yaw"]
+# dream3d fit keys the benchmark sets for each run, which --set must not change (a run fitted with --set seed=1
+# would be filed and reported as seed 0): what to use instead
+PER_RUN_KEYS = {"seed": "use --first-seed S (with --seeds N: seeds S..S+N-1)",
+                "prompt": "use --prompts FILE, --subset or --catalogue", "recipe": "use --recipes",
+                "name": "use --name or --out for the benchmark's folder", "output_dir": "use --name or --out",
+                "threads": "use --threads", "resume": "use --refit STAGE --from FOLDER"}
 RUN_FILE = "benchmark_run.json"  # in each run folder: what the benchmark measured, for resuming
 
 # The pass criterion of one run: figure, comparison, threshold. Objects with a front also need FRONT_PASS.
@@ -103,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--recipes", "--recipe", default=None,
                     help="comma list of recipes (configs/*.yaml; default: the default recipe)")
     ap.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default 1; 2 with --prompts)")
+    ap.add_argument("--first-seed", type=int, default=0, metavar="S",
+                    help="start the seeds at S: seeds S..S+N-1 (e.g. --first-seed 1 for seed 1 alone)")
     ap.add_argument("--steps", type=int, default=None, help="total step budget of each fit (default: the recipe's)")
     ap.add_argument("--jobs", type=int, default=None, help="runs at once (default: one per core)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (OMP_NUM_THREADS; default 1)")
@@ -479,7 +488,10 @@ def fit_on_ray(tasks: list[tuple], steps, out: Path, jobs: int, threads: int, fr
         seeds = max(t[2] for t in tasks) + 1
         common = {"recipe": recipe, "threads": str(threads), **parse_overrides(EXPORT + OVERRIDES),
                   **({"steps": str(steps)} if steps else {})}
+        wanted = {t[2] for t in tasks if t[0] == recipe}
         for job in make_jobs([(i + 1, p, {}) for i, p in enumerate(prompts)], common, seeds, out):
+            if job.seed not in wanted:  # make_jobs counts from seed 0; --first-seed starts later
+                continue
             stored = _read_json(job.run_dir / RUN_FILE)
             if stored and stored.get("settings") == _settings(steps) and not fresh:
                 continue  # a finished run of these settings: run_all reuses it
@@ -708,6 +720,12 @@ def report(rows: list[dict], header: str, timing_table: Optional[str] = None,
     return "\n".join(parts), aggregates
 
 
+def make_tasks(recipes: list[str], prompts: list[str], seeds: int, first_seed: int = 0) -> list[tuple[str, str, int]]:
+    """Every (recipe, prompt, seed), seeds ``first_seed`` .. ``first_seed + seeds - 1``, in the order they run."""
+    return [(recipe, prompt, seed) for recipe in recipes for prompt in prompts
+            for seed in range(first_seed, first_seed + seeds)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from dream3d.config import RunConfig
@@ -716,6 +734,13 @@ def main(argv: list[str] | None = None) -> int:
     default_recipe = RunConfig().recipe
     fresh = args.fresh
     OVERRIDES[:] = args.overrides
+    for kv in OVERRIDES:
+        key = kv.split("=", 1)[0].strip()
+        if key in PER_RUN_KEYS:
+            raise SystemExit(f"benchmark: --set {key}=...: the benchmark sets {key} for each run itself; "
+                             + PER_RUN_KEYS[key])
+    if args.first_seed < 0:
+        raise SystemExit(f"benchmark: --first-seed {args.first_seed}: expected a seed >= 0")
     REFIT.clear()
     if bool(args.refit) != bool(args.source):
         raise SystemExit("benchmark: --refit STAGE and --from FOLDER go together")
@@ -760,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
                            text=True).stdout.strip()  # at the start: what the runs were fitted with
-    tasks = [(recipe, prompt, seed) for recipe in recipes for prompt in prompts for seed in range(seeds)]
+    tasks = make_tasks(recipes, prompts, seeds, args.first_seed)
     print(f"benchmark: {len(tasks)} runs ({len(recipes)} recipes x {len(prompts)} prompts x {seeds} seeds), "
           f"{jobs} at once, {args.threads} thread(s) each -> {out}", flush=True)
     if args.engine == "ray":

@@ -342,3 +342,22 @@ def test_refit_needs_its_source(benchmark, tmp_path):
         benchmark.main(["--prompts", str(tmp_path / "p.txt"), "--refit", "fine", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match="expected a benchmark folder"):
         benchmark.main(["--refit", "fine", "--from", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_seeds_start_at_first_seed(benchmark):
+    assert benchmark.make_tasks(["mvdream"], ["a red cube", "a mug"], 2, 3) == [
+        ("mvdream", "a red cube", 3), ("mvdream", "a red cube", 4), ("mvdream", "a mug", 3), ("mvdream", "a mug", 4)]
+    assert benchmark.make_tasks(["mvdream"], ["a red cube"], 1) == [("mvdream", "a red cube", 0)]
+
+
+@pytest.mark.parametrize("key, hint", [("seed", "--first-seed"), ("prompt", "--prompts"), ("output_dir", "--out")])
+def test_set_refuses_the_keys_each_run_gets_from_the_benchmark(benchmark, tmp_path, key, hint):
+    # a run fitted with --set seed=1 used to be filed and reported as seed 0
+    with pytest.raises(SystemExit, match=f"--set {key}=.*{hint}"):
+        benchmark.main(["--subset", "--set", f"{key}=1", "--out", str(tmp_path)])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_first_seed_must_not_be_negative(benchmark, tmp_path):
+    with pytest.raises(SystemExit, match="--first-seed -1"):
+        benchmark.main(["--subset", "--first-seed", "-1", "--out", str(tmp_path)])
