@@ -88,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 2 or not math.isfinite(args.lr) or args.lr <= 0:
         raise SystemExit(f"--steps {args.steps} --lr {args.lr}: expected at least 2 steps and a positive lr")
-    prior = None
+    prior = load_prior(load_config([f"recipe={args.recipe}", *args.set]).prior)  # once for every object
     for name in args.objects:
-        cfg = load_config([f"recipe={args.recipe}", *args.set])
-        prior = prior if prior is not None else load_prior(cfg.prior)
         true_shape_scales(name, args.recipe, args.stage, args.steps, args.lr, args.set, prior)
     return 0
 
