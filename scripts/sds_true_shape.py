@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.steps < 2 or not math.isfinite(args.lr) or args.lr <= 0:
         raise SystemExit(f"--steps {args.steps} --lr {args.lr}: expected at least 2 steps and a positive lr")
-    prior = load_prior(load_config([f"recipe={args.recipe}", *args.set]).prior)  # once for every object
+    # the prior once for every object (the config needs a prompt to be checked; the prior does not depend on it)
+    prior = load_prior(load_config([f"recipe={args.recipe}", "prompt=a red cube", *args.set]).prior)
     for name in args.objects:
         true_shape_scales(name, args.recipe, args.stage, args.steps, args.lr, args.set, prior)
     return 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from script_module import load_script
 
 from dream3d import cli
 from dream3d.batch import run_batch
@@ -212,11 +213,7 @@ def test_ctrl_c_stops_the_batch_and_the_same_command_finishes_it(latent_prior_di
 
 
 def test_the_benchmark_fits_through_the_batch_engine(ray_runtime, latent_prior_dir, tmp_path, monkeypatch):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script("benchmark.py")
 
     def no_subprocess(*args, **kwargs):
         raise AssertionError("the Ray engine started a subprocess fit or eval")

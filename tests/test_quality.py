@@ -12,13 +12,13 @@ colour error was 0.099 and this test allowed 0.12); with mvdream, the default si
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from script_module import load_script
 
 from dream3d.config import DEFAULT_PRIOR, PROJECT_ROOT
 
@@ -29,10 +29,7 @@ pytestmark = pytest.mark.skipif(not (PROJECT_ROOT / DEFAULT_PRIOR / "unet").is_d
 
 
 def _benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_script", PROJECT_ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark.py")
 
 
 def test_default_fit_makes_the_prompts_object(tmp_path):

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
+from script_module import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("sds_true_shape", Path("scripts/sds_true_shape.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("sds_true_shape.py")
 
 
 def test_scales_move_under_the_guidance(script):
@@ -32,3 +28,12 @@ def test_unknown_object_and_stage_are_one_line_errors(script):
         script.true_shape_scales("red_cubes", steps=2)
     with pytest.raises(SystemExit, match="has no stage 'texture'"):
         script.true_shape_scales("red_cube", stage="texture", steps=2)
+
+
+def test_main_runs_end_to_end(script, capsys):
+    # main loads the config and the prior once before the objects' loop: the command a user types must run
+    assert script.main(["red_cube", "blue_cone", "--steps", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["a red cube", "a blue cone"]
+    with pytest.raises(SystemExit, match="expected at least 2 steps"):
+        script.main(["red_cube", "--steps", "1"])

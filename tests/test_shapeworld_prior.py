@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from script_module import load_script
 
 from dream3d.cameras import VIEW_LABELS, make_cameras
 from dream3d.shapeworld import caption_with_view, catalogue
@@ -244,8 +244,6 @@ def test_classifier_loss_goes_down():
 
 
 def test_evaluate_prior_scores_every_caption_and_fills_the_model_card(smoke_run, tmp_path):
-    import importlib.util
-    from pathlib import Path
 
     from dream3d.prior import load_prior
     from dream3d.shapeworld.classifier import load_classifier
@@ -270,9 +268,7 @@ def test_evaluate_prior_scores_every_caption_and_fills_the_model_card(smoke_run,
     assert "| a red cube |" in tables and "| a snowman |" in tables and "prompted \\ seen" in tables
     assert "first" not in summary_json(result, 0.5)
 
-    spec = importlib.util.spec_from_file_location("evaluate_script", Path("scripts/evaluate_shapeworld_prior.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("evaluate_shapeworld_prior.py")
     card = tmp_path / "README.md"
     card.write_text(f"# card\nbefore\n{script.BEGIN}\nold table\n{script.END}\nafter\n")
     assert script.update_card(card, tables)
@@ -367,11 +363,7 @@ def test_a_camera_prior_as_the_base_is_trained_further(camera_run, tmp_path):
 
 
 def test_camera_settings_from_the_command_line():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("train_script", Path(__file__).parents[1] / "scripts/train_shapeworld_prior.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_shapeworld_prior.py")
     from dream3d.shapeworld.config import CameraPriorConfig
 
     cam = CameraPriorConfig()
@@ -418,12 +410,7 @@ def test_evaluate_a_camera_prior_asks_views_by_camera(camera_run):
 
 
 def test_the_script_takes_base_only_with_the_camera_preset(capsys):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("train_script", Path("scripts/train_shapeworld_prior.py"))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("train_shapeworld_prior.py")
     for argv in (["--base", "/tmp/x"], ["--preset", "smoke", "--out", "/tmp/y", "--steps-camera", "3"]):
         assert script.main(argv) == 2  # never a camera fine-tune into the default prior's folder
         assert "go with --preset camera" in capsys.readouterr().err
