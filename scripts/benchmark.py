@@ -485,13 +485,10 @@ def fit_on_ray(tasks: list[tuple], steps, out: Path, jobs: int, threads: int, fr
     todo = []
     for recipe in dict.fromkeys(t[0] for t in tasks):
         prompts = list(dict.fromkeys(t[1] for t in tasks if t[0] == recipe))
-        seeds = max(t[2] for t in tasks) + 1
         common = {"recipe": recipe, "threads": str(threads), **parse_overrides(EXPORT + OVERRIDES),
                   **({"steps": str(steps)} if steps else {})}
-        wanted = {t[2] for t in tasks if t[0] == recipe}
+        seeds = sorted({t[2] for t in tasks if t[0] == recipe})  # --first-seed S: S .. S+N-1
         for job in make_jobs([(i + 1, p, {}) for i, p in enumerate(prompts)], common, seeds, out):
-            if job.seed not in wanted:  # make_jobs counts from seed 0; --first-seed starts later
-                continue
             stored = _read_json(job.run_dir / RUN_FILE)
             if stored and stored.get("settings") == _settings(steps) and not fresh:
                 continue  # a finished run of these settings: run_all reuses it

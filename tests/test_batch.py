@@ -19,7 +19,7 @@ from script_module import load_script
 
 from dream3d import cli
 from dream3d.batch import run_batch
-from dream3d.batch.jobs import read_prompts
+from dream3d.batch.jobs import make_jobs, read_prompts
 from dream3d.config import ConfigError
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'dream3d[batch]')")
@@ -65,6 +65,15 @@ def test_prompts_files_are_read_with_one_line_errors(tmp_path):
         run_batch([f"prompts={good}", "seeds=0"])
     with pytest.raises(ConfigError, match="name: set by the batch"):
         run_batch([f"prompts={good}", "name=x"])
+
+
+def test_jobs_are_made_for_the_seeds_asked_for_only(tmp_path):
+    # the benchmark's --first-seed 3 --seeds 2 asks for seeds 3 and 4: no job (and no config check) for 0-2
+    jobs = make_jobs([(1, "a red cube", {}), (2, "a mug", {})], {"recipe": "mvdream"}, [3, 4], tmp_path)
+    assert [(j.prompt, j.seed, j.run_dir.name) for j in jobs] == [
+        ("a red cube", 3, "a-red-cube-s3"), ("a red cube", 4, "a-red-cube-s4"), ("a mug", 3, "a-mug-s3"),
+        ("a mug", 4, "a-mug-s4")]
+    assert [j.index for j in jobs] == [0, 1, 2, 3] and all(j.overrides["seed"] == str(j.seed) for j in jobs)
 
 
 def test_a_fit_whose_evaluation_was_impossible_counts_as_done(tmp_path):

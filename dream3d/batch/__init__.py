@@ -49,7 +49,7 @@ def run_batch(args: list[str], progress: bool = True, log: Callable[[str], None]
     lines = read_prompts(prompts_file)
     out = Path(values["out"] or Path("outputs") / "batch" / prompts_file.stem)
     check_writable(out, "out")
-    jobs = make_jobs(lines, common, values["seeds"], out)
+    jobs = make_jobs(lines, common, range(values["seeds"]), out)
     results: dict[int, dict] = {}
     for job in jobs:
         if job.error:

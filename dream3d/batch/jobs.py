@@ -13,7 +13,7 @@ import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from dream3d.config import ConfigError, RunConfig, load_config, load_stored, parse_overrides, stored_config_error
 from dream3d.rundir import RunFolder, slugify
@@ -74,14 +74,14 @@ def read_prompts(path: str | Path) -> list[tuple[int, str, dict[str, str]]]:
     return lines
 
 
-def make_jobs(prompts: list[tuple[int, str, dict[str, str]]], common: dict[str, str], seeds: int,
+def make_jobs(prompts: list[tuple[int, str, dict[str, str]]], common: dict[str, str], seeds: Iterable[int],
               out: Path) -> list[Job]:
-    """Every (prompt line, seed) as a Job, each checked with the fit's own config loader (a bad key or value
-    becomes that job's ``error``; the other jobs are unaffected)."""
+    """Every (prompt line, seed in ``seeds``, e.g. ``range(n)``) as a Job, each checked with the fit's own config
+    loader (a bad key or value becomes that job's ``error``; the other jobs are unaffected)."""
     jobs: list[Job] = []
     used: set[Path] = set()
     for number, prompt, line_overrides in prompts:
-        for seed in range(seeds):
+        for seed in seeds:
             overrides = {**common, **line_overrides, "prompt": prompt, "seed": str(seed)}
             job = Job(len(jobs), prompt, seed, overrides, Path(), line=number)
             try:
