@@ -681,6 +681,25 @@ def _check_finite(node: Any, prefix: str = "") -> None:
                 raise ConfigError(f"{key}: expected finite numbers, got {value}")
 
 
+def _check_truth(p: str, st) -> None:
+    """``guidance.truth_steps`` (guidance/truth.py) renders the true object lit as the stage's renders are: it needs
+    a NeRF or DMTet stage (lit colour renders) that is always lit (no albedo-only or textureless steps) over a
+    fixed background."""
+    steps = st.guidance.truth_steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ConfigError(f"{p}.guidance.truth_steps: expected an integer >= 0, got {steps!r}")
+    if steps == 0:
+        return
+    r = st.renderer
+    if st.system not in ("nerf-sds", "dmtet"):
+        raise ConfigError(f"{p}.guidance.truth_steps: a {st.system} stage is not supported (its renders are not the "
+                          "lit colours of the true object); expected 0, or a nerf-sds or dmtet stage")
+    if r.albedo_prob or r.textureless_prob or r.ambient_only_steps or (st.system == "nerf-sds" and r.background != "solid"):
+        raise ConfigError(f"{p}.guidance.truth_steps: needs always-lit renders over a solid background "
+                          "(renderer.albedo_prob=0, textureless_prob=0, ambient_only_steps=0, background=solid: the "
+                          "shipped prior's settings)")
+
+
 def validate(cfg: RunConfig) -> None:
     """Check values that types alone cannot. Raises ConfigError (one line) on the first problem."""
     from dream3d.registry import GUIDANCES, LATENT_SYSTEMS, SYSTEMS, mesh_systems
@@ -788,6 +807,7 @@ def validate(cfg: RunConfig) -> None:
         _check_schedule(f"{p}.guidance.grad_clip", g.grad_clip, allow_none=True)
         if g.guidance_scale < 0:
             raise ConfigError(f"{p}.guidance.guidance_scale: expected a number >= 0, got {g.guidance_scale}")
+        _check_truth(p, st)
         if g.camera_scale is not None and g.camera_scale < 0:
             raise ConfigError(f"{p}.guidance.camera_scale: expected a number >= 0 or null, got {g.camera_scale}")
         if g.text_prior and not cfg.text_prior:

@@ -67,6 +67,7 @@ from dream3d.errors import Dream3DError
 from dream3d.io import write_json
 from dream3d.render.mesh_geometry import occupancy
 from dream3d.representations.mesh import TexturedMesh
+from dream3d.shapeworld.catalogue import match_prompt  # noqa: F401  (where the commands and scripts find it)
 
 FOVY = 55.0  # degrees: the middle of the classifier's training range (40..70)
 FILL = 0.875  # bounding sphere / field of view: the middle of the training range (0.75..1)
@@ -92,20 +93,6 @@ class EvalError(Dream3DError, ValueError):
 # --------------------------------------------------------------------------------------------------------------
 # Pieces
 # --------------------------------------------------------------------------------------------------------------
-
-
-def match_prompt(prompt: str):
-    """(caption without a view suffix, catalogue object or None): exact, case-insensitive caption match."""
-    from dream3d.shapeworld.catalogue import VIEW_SUFFIXES, catalogue
-
-    text = " ".join(prompt.split())
-    for suffix in VIEW_SUFFIXES.values():
-        if text.lower().endswith(", " + suffix):
-            text = text[: -len(suffix) - 2].rstrip()
-    for obj in catalogue():
-        if obj.caption.lower() == text.lower():
-            return obj.caption, obj
-    return text, None
 
 
 def normalise(mesh: TexturedMesh) -> TexturedMesh:

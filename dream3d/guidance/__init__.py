@@ -43,5 +43,8 @@ class GuidanceConfig:
     lora_lr: float = 1e-4
     camera_dropout: float = 0.1  # probability of training the LoRA model without the camera
     camera_hidden: int = 128  # hidden width of the camera embedding MLP
+    # a diagnostic (guidance/truth.py): for the first truth_steps steps, the render's error against the catalogue's
+    # true object from the same camera replaces the guidance (the prompt must be a catalogue caption)
+    truth_steps: int = 0
     # SJC only (guidance/sjc.py): noise draws averaged in Perturb-and-Average Scoring (one batched UNet call)
     paas_samples: int = 1

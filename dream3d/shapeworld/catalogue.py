@@ -18,7 +18,7 @@ import difflib
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -300,6 +300,18 @@ def get(caption_or_name: str) -> ShapeObject:
     close = difflib.get_close_matches(key, names, n=5, cutoff=0.5)
     hint = f"; close matches: {', '.join(close)}" if close else f"; known names: {', '.join(names[:len(names) // 2])}"
     raise KeyError(f"no shape-world object {caption_or_name!r}{hint}")
+
+
+def match_prompt(prompt: str) -> tuple[str, Optional[ShapeObject]]:
+    """(caption without a view suffix, catalogue object or None): exact, case-insensitive caption match."""
+    text = " ".join(prompt.split())
+    for suffix in VIEW_SUFFIXES.values():
+        if text.lower().endswith(", " + suffix):
+            text = text[: -len(suffix) - 2].rstrip()
+    for obj in _build():
+        if obj.caption.lower() == text.lower():
+            return obj.caption, obj
+    return text, None
 
 
 def caption_with_view(caption: str, view_label: str) -> str:

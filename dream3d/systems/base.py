@@ -210,6 +210,13 @@ class BaseSystem(pl.LightningModule):
         if takes_camera and stage_cfg.guidance.perp_neg:
             raise Dream3DError(f"stages.{stage_name}.guidance.perp_neg: the prior ({prior.path}) is told the camera, "
                                "not view words; expected a text prior (or perp_neg=false)")
+        # the diagnostic's true object (guidance/truth.py) for the stage's first guidance.truth_steps steps
+        self.truth = None
+        if prior is not None and stage_cfg.guidance.truth_steps > 0:
+            from dream3d.guidance.truth import TruthTarget
+
+            self.truth = TruthTarget(run_cfg.prompt, stage_cfg.camera.framing_radius, stage_cfg.renderer.ambient,
+                                     f"stages.{stage_name}.guidance.truth_steps")
         # the run's reference picture (dream3d/reference.py), drawn or read back once the stage weights its terms
         self.reference = None
         if prior is not None and (self.wants("reference_mask") or self.wants("reference_rgb")):
@@ -360,17 +367,10 @@ class BaseSystem(pl.LightningModule):
             outs.append(out)
         cams_all = Cameras.cat(cams)
         with self.timed("guidance"):
-            negatives = None
-            if cfg.guidance.perp_neg:
-                cond, uncond, neg, weights = perpneg.embeddings(self.prompts, cams_all, cfg.camera.overhead_threshold,
-                                                                cfg.guidance)
-                negatives = (neg.to(self.device), weights)
+            if self.truth is not None and step < cfg.guidance.truth_steps:  # the diagnostic: no prior
+                g = self.truth(torch.cat(images), cams_all, torch.tensor(self.reference_background()))
             else:
-                labels = cams_all.view_labels(cfg.camera.front_threshold, cfg.camera.overhead_threshold)
-                cond, uncond = self.prompts(labels)
-            lat = torch.cat(latents) if latents[0] is not None else None
-            g = self.guidance(torch.cat(images), cond, uncond, step, generator=gen, cameras=cams_all, latents=lat,
-                              negatives=negatives)
+                g = self.guide(torch.cat(images), latents, cams_all, step, gen)
         terms = self.guidance_terms(g, n)
         if self.reference is not None:  # after the guidance's draws, so they are those of a run without it
             from dream3d.reference import reference_terms
@@ -387,6 +387,22 @@ class BaseSystem(pl.LightningModule):
         logs.update(self.step_figures(outs))
         self.record(logs)
         return loss
+
+    def guide(self, images: Tensor, latents: list, cams: Cameras, step: int, gen: torch.Generator) -> dict[str, Tensor]:
+        """One guidance call over every particle's image (or latents) from ``cams``: the prompt embeddings for
+        their views (or Perp-Neg's mix), then the stage's guidance."""
+        cfg = self.stage_cfg
+        negatives = None
+        if cfg.guidance.perp_neg:
+            cond, uncond, neg, weights = perpneg.embeddings(self.prompts, cams, cfg.camera.overhead_threshold,
+                                                            cfg.guidance)
+            negatives = (neg.to(self.device), weights)
+        else:
+            labels = cams.view_labels(cfg.camera.front_threshold, cfg.camera.overhead_threshold)
+            cond, uncond = self.prompts(labels)
+        lat = torch.cat(latents) if latents[0] is not None else None
+        return self.guidance(images, cond, uncond, step, generator=gen, cameras=cams, latents=lat,
+                             negatives=negatives)
 
     def prepare_particle(self, particle, step: int, gen: torch.Generator) -> None:
         """Before a particle's camera is drawn (NeRF: the occupancy grid update)."""
