@@ -74,6 +74,11 @@ def test_a_fit_through_the_trainer_learns_the_true_object_in_its_truth_steps(lat
     assert [float(r["t"]) == 0.0 for r in rows] == [True] * 8 + [False] * 4  # the prior's timesteps from step 8
     truth = [float(r["sds"]) for r in rows[:8]]
     assert all(math.isfinite(x) for x in truth) and sum(truth[-3:]) < sum(truth[:3])  # the grey blob turns red
+    # the optimiser started afresh at the switch: its Adam moments hold the 4 guided steps only
+    ckpt = torch.load(tmp_path / "dreamfusion" / "t" / "ckpts" / "coarse" / "last.ckpt", map_location="cpu",
+                      weights_only=False)
+    steps = {int(s["step"]) for s in ckpt["optimizer_states"][0]["state"].values()}
+    assert steps == {4}
 
 
 def test_a_fit_of_a_prompt_outside_the_catalogue_stops_with_one_line(latent_prior_dir, tmp_path, capsys):

@@ -13,6 +13,11 @@ as the prior's training data placed it: centred on its bounding box, its boundin
 under each camera's point light, the stage's always-lit shading. No UNet runs in those steps, so they are about
 three times as fast as score distillation.
 
+At the switch to the stage's own guidance the optimiser starts afresh (its Adam moments cleared), as a stage
+initialised from a fitted one does: the photometric gradients are several times smaller than score
+distillation's, and moments carried over from them made the first guided steps several times too large (a
+green sphere burst into a grey fog filling the view).
+
 Nothing of the prior's judgement is in those steps: a stage fitted to the truth shows what its representation,
 regularisers and later stages make of a right start. Truth for the whole NeRF stage, then the default mesh stage,
 measures what the mesh stage loses; truth for its first 100 steps, what a right start is worth (docs/quality.md,

@@ -352,6 +352,9 @@ class BaseSystem(pl.LightningModule):
         gen = self.step_generator(step)
         cfg = self.stage_cfg
         n = len(self.particles)
+        if self.truth is not None and step == cfg.guidance.truth_steps and self._trainer is not None:
+            for optimizer in self.trainer.optimizers:  # the guided steps start afresh (guidance/truth.py)
+                optimizer.state.clear()
         cams, images, latents, outs, regs = [], [], [], [], {}
         for k, particle in enumerate(self.particles):
             self.prepare_particle(particle, step, gen)
