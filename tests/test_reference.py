@@ -129,3 +129,21 @@ def test_jittered_rays_and_the_reference_read_at_the_same_points():
     assert torch.allclose(moved[:, :, :-1], image[:, :, 1:], atol=1e-6)
     half, _, _ = ref.sampled(16, 16, torch.tensor([[0.0, 0.5]]))  # half-way: the mean of two rows
     assert torch.allclose(half[:, :-1], 0.5 * (image[:, :-1] + image[:, 1:]), atol=1e-6)
+
+
+def test_a_reference_weight_scheduled_to_zero_renders_no_reference_view(latent_prior_dir, tmp_path):
+    """loss.reference_mask=[0,1,0,3]: the reference view is rendered (and its term logged) in steps 0-2 only, so a
+    reference used for the start of a stage costs nothing afterwards."""
+    cfg = load_config(["prompt=a red cube", f"prior={latent_prior_dir}", "recipe=dreamfusion", "export=false",
+                       "stages.coarse.steps=6", "stages.coarse.camera.height=32", "stages.coarse.camera.width=32",
+                       "stages.coarse.camera.eval_size=32", "stages.coarse.val_every=1000", "stages.coarse.ckpt_every=1000",
+                       "stages.coarse.loss.reference_mask=[0,1,0,3]", "stages.coarse.renderer.background=solid"])
+    run = tmp_path / "run"
+    prior = load_prior(cfg.prior)
+    record = settings_record(cfg.reference, cfg.prompt, cfg.seed, prior.path, cfg.stages["coarse"].camera.framing_radius)
+    save_png(run / "reference" / "reference.png", _disc())
+    write_json(run / "reference" / "reference.json", {"settings": record, "chosen": 0})
+    assert fit(cfg, run, show_progress=False)["stages"]["coarse"]["status"] == "done"
+    with open(run / "stages" / "coarse" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["reference_mask"] != "" for r in rows] == [True] * 3 + [False] * 3
