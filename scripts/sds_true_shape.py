@@ -32,6 +32,7 @@ from dream3d.config import load_config  # noqa: E402
 from dream3d.guidance.sds import SDSGuidance  # noqa: E402
 from dream3d.prior import PromptEmbeddings, load_prior  # noqa: E402
 from dream3d.render.mesh import render_mesh  # noqa: E402
+from dream3d.render.mesh_geometry import framed  # noqa: E402
 from dream3d.shapeworld.catalogue import catalogue  # noqa: E402
 
 
@@ -50,8 +51,7 @@ def true_shape_scales(name: str, recipe: str = "mvdream", stage: str = "coarse",
     prior = prior or load_prior(cfg.prior)
     guidance = SDSGuidance(st.guidance, prior)
     prompts = PromptEmbeddings(prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent and not prior.takes_camera)
-    verts = obj.verts - 0.5 * (obj.verts.amin(0) + obj.verts.amax(0))
-    verts = verts * (st.camera.framing_radius / float(verts.norm(dim=-1).max()))
+    verts = framed(obj.verts, st.camera.framing_radius)
     log_scale = torch.zeros(3, requires_grad=True)
     opt = torch.optim.Adam([log_scale], lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)

@@ -14,6 +14,7 @@ from dream3d.config import ConfigError, load_config
 from dream3d.errors import Dream3DError
 from dream3d.guidance.truth import TruthTarget
 from dream3d.render.mesh import render_mesh
+from dream3d.render.shading import point_light_shader
 
 WHITE = torch.ones(3)
 
@@ -27,13 +28,8 @@ def test_the_true_object_scores_zero_and_a_smaller_one_is_pulled_to_its_size():
     assert float(target(truth, cams, WHITE)["sds"]) == 0.0
     # the same cube at 80% of its size: a positive loss whose gradient says grow (d loss / d scale < 0)
     scale = torch.tensor(0.8, requires_grad=True)
-    lights = cams.light_position
-    from dream3d.render.shading import shade
-
-    def lambert(albedo, points, normal, view, index):
-        return shade(albedo, normal, torch.nn.functional.normalize(lights[index] - points, dim=-1), "diffuse", 0.35)
-
-    small = render_mesh(target.verts * scale, target.faces, cams, target.colors, shade=lambert, background=WHITE)["rgb"]
+    lit = point_light_shader(cams.light_position, "diffuse", 0.35)
+    small = render_mesh(target.verts * scale, target.faces, cams, target.colors, shade=lit, background=WHITE)["rgb"]
     out = target(small, cams, WHITE)
     assert float(out["sds"].detach()) > 1.0 and float(out["t"]) == 0.0
     out["sds"].backward()

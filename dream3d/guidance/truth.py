@@ -27,13 +27,13 @@ round 17). It is not a way to make objects: it needs the answer.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.cameras import Cameras
 from dream3d.errors import Dream3DError
 from dream3d.render.mesh import render_mesh
-from dream3d.render.shading import shade
+from dream3d.render.mesh_geometry import framed
+from dream3d.render.shading import point_light_shader
 from dream3d.shapeworld.catalogue import match_prompt
 
 
@@ -46,21 +46,15 @@ class TruthTarget:
         if obj is None:
             raise Dream3DError(f"{key}: the prompt {caption!r} is not a shape-world catalogue caption, so there is no "
                                "true object to fit (dream3d prior catalogue lists them); expected truth_steps=0")
-        verts = obj.verts - 0.5 * (obj.verts.amin(0) + obj.verts.amax(0))
-        self.verts = verts * (float(framing_radius) / float(verts.norm(dim=-1).max()))
+        self.verts = framed(obj.verts, framing_radius)
         self.faces, self.colors, self.ambient = obj.faces, obj.colors, float(ambient)
 
     def render(self, cams: Cameras, background: Tensor) -> Tensor:
         """The true object from ``cams``, lit by each camera's point light -> rgb [B,H,W,3] over ``background``."""
         cams = cams.to("cpu")
-        lights = cams.light_position
-
-        def lambert(albedo, points, normal, view, index):
-            return shade(albedo, normal, F.normalize(lights[index] - points, dim=-1, eps=1e-12), "diffuse",
-                         self.ambient)
-
         with torch.no_grad():
-            return render_mesh(self.verts, self.faces, cams, self.colors, shade=lambert,
+            return render_mesh(self.verts, self.faces, cams, self.colors,
+                               shade=point_light_shader(cams.light_position, "diffuse", self.ambient),
                                background=background.detach().cpu())["rgb"]
 
     def __call__(self, rgb: Tensor, cams: Cameras, background: Tensor) -> dict[str, Tensor]:

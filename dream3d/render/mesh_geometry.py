@@ -16,6 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def framed(verts: Tensor, radius: float) -> Tensor:
+    """verts [V,3] centred on their bounding box and scaled so the farthest vertex is at ``radius`` (the framing
+    of a given or true mesh in a stage's scene: its bounding sphere the camera's ``framing_radius``)."""
+    verts = verts - 0.5 * (verts.amin(0) + verts.amax(0))
+    return verts * (float(radius) / float(verts.norm(dim=-1).max().clamp_min(1e-9)))
+
+
 def face_normals(verts: Tensor, faces: Tensor) -> Tensor:
     """Unit face normals [F,3] (right-hand rule, outward for CCW-from-outside winding) of verts [V,3]."""
     v = verts[faces.long()]

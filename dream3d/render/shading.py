@@ -74,6 +74,16 @@ def shade(albedo: Tensor, normal: Optional[Tensor], light_dir: Optional[Tensor],
     raise ValueError(f"shading: expected one of {', '.join(SHADINGS)}, got '{shading}'")
 
 
+def point_light_shader(lights: Tensor, shading: str, ambient: float) -> Callable[..., Tensor]:
+    """A :data:`dream3d.render.mesh.ShadeFn`: :func:`shade` (``diffuse`` or ``textureless``) under each camera's point
+    light, ``lights`` [B,3] world positions (a NeRF's renders are lit so, per sample)."""
+
+    def lambert(albedo: Tensor, points: Tensor, normal: Tensor, view: Tensor, index: Tensor) -> Tensor:
+        return shade(albedo, normal, F.normalize(lights[index] - points, dim=-1, eps=1e-12), shading, ambient)
+
+    return lambert
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Spherical harmonics
 # ------------------------------------------------------------------------------------------------------------

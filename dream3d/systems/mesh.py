@@ -35,7 +35,8 @@ from torch import Tensor, nn
 
 from dream3d.cameras import Cameras
 from dream3d.render.mesh import render_mesh
-from dream3d.render.shading import shade
+from dream3d.render.mesh_geometry import framed
+from dream3d.render.shading import point_light_shader
 from dream3d.representations.dmtet import DMTet
 from dream3d.systems.base import BaseSystem, LatentStage, choose_shading, laplacian_loss, normal_consistency_loss
 
@@ -183,8 +184,7 @@ def load_paint_mesh(path, radius: float) -> tuple[Tensor, Tensor]:
     verts, faces = mesh.verts.float(), mesh.faces.long()
     if faces.shape[0] == 0:
         raise ValueError(f"{path}: the mesh has no faces")
-    verts = verts - (verts.min(0).values + verts.max(0).values) / 2
-    return verts * (float(radius) / float(verts.norm(dim=-1).max().clamp_min(1e-9))), faces
+    return framed(verts, radius), faces
 
 
 def ellipsoid_sdf(axes: list[float]):
@@ -281,13 +281,7 @@ class MeshSystem(BaseSystem):
             return pbr
         if shading == "albedo":
             return None
-        lights = cams.light_position.to(self.device)
-
-        def lambert(albedo, points, normal, view, index):
-            to_light = F.normalize(lights[index] - points, dim=-1, eps=1e-12)
-            return shade(albedo, normal, to_light, shading, ambient)
-
-        return lambert
+        return point_light_shader(cams.light_position.to(self.device), shading, ambient)
 
     two_sided = False  # DMTet surfaces are closed and wound outwards
 
