@@ -73,25 +73,29 @@ def _disc(size: int = 64, radius: float = 14.0) -> np.ndarray:
     return image
 
 
-def test_the_mask_term_alone_shapes_the_nerf_to_the_reference(latent_prior_dir, tmp_path):
-    """A stage with only loss.reference_mask (no SDS) through the real trainer: the render from the reference camera
-    comes to cover the reference's disc, and the reference written beforehand is read back, not drawn."""
-    steps = 60
-    cfg = load_config(["prompt=a red cube", f"prior={latent_prior_dir}", "recipe=dreamfusion", "export=false",
+def _fit_to_the_disc(prior_dir, tmp_path, steps: int, *overrides: str):
+    """A short coarse fit through the real trainer whose run folder already holds _disc() as its reference (written
+    with the run's own settings record, so it is read back, not drawn). Returns the run folder and metrics.csv's rows."""
+    cfg = load_config(["prompt=a red cube", f"prior={prior_dir}", "recipe=dreamfusion", "export=false",
                        f"stages.coarse.steps={steps}", "stages.coarse.camera.height=32", "stages.coarse.camera.width=32",
                        "stages.coarse.camera.eval_size=32", "stages.coarse.val_every=1000", "stages.coarse.ckpt_every=1000",
-                       "stages.coarse.loss.sds=0", "stages.coarse.loss.orient=0", "stages.coarse.loss.reference_mask=1",
-                       "stages.coarse.renderer.background=solid"])
+                       "stages.coarse.renderer.background=solid", *overrides])
     run = tmp_path / "run"
     prior = load_prior(cfg.prior)
     record = settings_record(cfg.reference, cfg.prompt, cfg.seed, prior.path, cfg.stages["coarse"].camera.framing_radius)
     save_png(run / "reference" / "reference.png", _disc())
     write_json(run / "reference" / "reference.json", {"settings": record, "chosen": 0})
-    summary = fit(cfg, run, show_progress=False)
-    assert summary["stages"]["coarse"]["status"] == "done"
-    assert not (run / "reference" / "samples.png").exists()  # nothing was drawn
+    assert fit(cfg, run, show_progress=False)["stages"]["coarse"]["status"] == "done"
     with open(run / "stages" / "coarse" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+        return run, list(csv.DictReader(f))
+
+
+def test_the_mask_term_alone_shapes_the_nerf_to_the_reference(latent_prior_dir, tmp_path):
+    """A stage with only loss.reference_mask (no SDS) through the real trainer: the render from the reference camera
+    comes to cover the reference's disc, and the reference written beforehand is read back, not drawn."""
+    run, rows = _fit_to_the_disc(latent_prior_dir, tmp_path, 60, "stages.coarse.loss.sds=0", "stages.coarse.loss.orient=0",
+                                 "stages.coarse.loss.reference_mask=1")
+    assert not (run / "reference" / "samples.png").exists()  # nothing was drawn
     first = np.mean([float(r["reference_mask"]) for r in rows[:5]])
     last = np.mean([float(r["reference_mask"]) for r in rows[-5:]])
     # at the start the NeRF is a faint blob; the disc covers 616 of 1024 pixels at 32 px
@@ -134,16 +138,5 @@ def test_jittered_rays_and_the_reference_read_at_the_same_points():
 def test_a_reference_weight_scheduled_to_zero_renders_no_reference_view(latent_prior_dir, tmp_path):
     """loss.reference_mask=[0,1,0,3]: the reference view is rendered (and its term logged) in steps 0-2 only, so a
     reference used for the start of a stage costs nothing afterwards."""
-    cfg = load_config(["prompt=a red cube", f"prior={latent_prior_dir}", "recipe=dreamfusion", "export=false",
-                       "stages.coarse.steps=6", "stages.coarse.camera.height=32", "stages.coarse.camera.width=32",
-                       "stages.coarse.camera.eval_size=32", "stages.coarse.val_every=1000", "stages.coarse.ckpt_every=1000",
-                       "stages.coarse.loss.reference_mask=[0,1,0,3]", "stages.coarse.renderer.background=solid"])
-    run = tmp_path / "run"
-    prior = load_prior(cfg.prior)
-    record = settings_record(cfg.reference, cfg.prompt, cfg.seed, prior.path, cfg.stages["coarse"].camera.framing_radius)
-    save_png(run / "reference" / "reference.png", _disc())
-    write_json(run / "reference" / "reference.json", {"settings": record, "chosen": 0})
-    assert fit(cfg, run, show_progress=False)["stages"]["coarse"]["status"] == "done"
-    with open(run / "stages" / "coarse" / "metrics.csv") as f:
-        rows = list(csv.DictReader(f))
+    _, rows = _fit_to_the_disc(latent_prior_dir, tmp_path, 6, "stages.coarse.loss.reference_mask=[0,1,0,3]")
     assert [r["reference_mask"] != "" for r in rows] == [True] * 3 + [False] * 3

@@ -375,9 +375,10 @@ class BaseSystem(pl.LightningModule):
             else:
                 g = self.guide(torch.cat(images), latents, cams_all, step, gen)
         terms = self.guidance_terms(g, n)
-        weighs_reference = scheduled(cfg.loss.reference_mask, step) or scheduled(cfg.loss.reference_rgb, step)
-        if self.reference is not None and weighs_reference:  # after the guidance's draws (those of a run without
-            # it); a step where a schedule has brought both weights to 0 renders no reference view
+        # after the guidance's draws (those of a run without it); a step where a schedule has brought both weights to
+        # 0 renders no reference view
+        if self.reference is not None and (scheduled(cfg.loss.reference_mask, step)
+                                           or scheduled(cfg.loss.reference_rgb, step)):
             from dream3d.reference import reference_terms
 
             for particle in self.particles:
