@@ -703,6 +703,7 @@ def _check_truth(p: str, st) -> None:
 def validate(cfg: RunConfig) -> None:
     """Check values that types alone cannot. Raises ConfigError (one line) on the first problem."""
     from dream3d.registry import GUIDANCES, LATENT_SYSTEMS, SYSTEMS, mesh_systems
+    from dream3d.schedule import is_zero
 
     if not cfg.prompt.strip():
         raise ConfigError('prompt: expected a non-empty text, e.g. prompt="a pineapple"')
@@ -835,6 +836,9 @@ def validate(cfg: RunConfig) -> None:
                               f"{g.camera_dropout}")
         for f in dataclasses.fields(LossConfig):
             _check_schedule(f"{p}.loss.{f.name}", getattr(st.loss, f.name))
+        if st.system in LATENT_SYSTEMS and not is_zero(st.loss.reference_rgb):
+            raise ConfigError(f"{p}.loss.reference_rgb: a {st.system} stage renders latents, not colours; expected 0 "
+                              "(loss.reference_mask works)")
     if cfg.sketch:
         _check_sketch(cfg)
     cfg.prior = resolve_prior_path(cfg.prior)
@@ -920,9 +924,25 @@ def _check_nerfacc(key: str, device: str) -> None:
                           f"(or 'dream3d[cuda]'), or expected auto or torch") from None
 
 
+def portable_path(path: str) -> str:
+    """``path`` relative to the project when it lies inside it (the shipped priors), else as given: what a run
+    folder records, so a run made in one checkout resumes, refits and evaluates in another (``prior`` is resolved
+    against the project too, :func:`resolve_prior_path`)."""
+    if not path or not Path(path).is_absolute():
+        return path
+    try:
+        return Path(path).resolve().relative_to(PROJECT_ROOT).as_posix()
+    except ValueError:
+        return path
+
+
 def to_yaml(cfg: RunConfig) -> str:
-    """The resolved config as plain YAML (text quoted where YAML would retype it; nothing interpolated)."""
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True, width=1000)
+    """The resolved config as plain YAML (text quoted where YAML would retype it; nothing interpolated); the priors
+    inside the project as project-relative paths (:func:`portable_path`)."""
+    tree = dataclasses.asdict(cfg)
+    for key in ("prior", "text_prior"):
+        tree[key] = portable_path(tree[key])
+    return yaml.safe_dump(tree, sort_keys=False, allow_unicode=True, width=1000)
 
 
 def load_run_config(path: Path) -> RunConfig:

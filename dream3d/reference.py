@@ -143,8 +143,10 @@ CLEAR_SHARE = 2.5  # background: within threshold / 2.5 of its colour (0.02 at t
 
 
 def settings_record(cfg: ReferenceConfig, prompt: str, seed: int, prior_path: str, framing_radius: float) -> dict:
-    return {"prompt": prompt, "seed": int(seed), "prior": str(prior_path), "framing_radius": float(framing_radius),
-            **asdict(cfg)}
+    from dream3d.config import portable_path
+
+    return {"prompt": prompt, "seed": int(seed), "prior": portable_path(str(prior_path)),
+            "framing_radius": float(framing_radius), **asdict(cfg)}
 
 
 def draw(prior, prompt: str, cfg: ReferenceConfig, seed: int, framing_radius: float,

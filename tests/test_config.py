@@ -229,3 +229,26 @@ def test_bad_prior_setting_value_names_the_stage_key(latent_prior_dir, tmp_path)
     prior = _prior_with_settings(latent_prior_dir, tmp_path, "stages:\n  camera:\n    framing: sideways\n")
     with pytest.raises(ConfigError, match=r"stages.coarse.camera.framing: expected one of distance, fill, got 'sideways'"):
         load_config(base(prior))
+
+
+def test_a_run_config_names_the_shipped_prior_relative_to_the_project(latent_prior_dir, tmp_path, monkeypatch):
+    """config.yaml records a prior inside the project as a project-relative path, so a run folder made in one
+    checkout resumes in another (and from any working directory); a prior elsewhere stays absolute."""
+    import yaml
+
+    from dream3d.config import PROJECT_ROOT, to_yaml
+
+    cfg = load_config(["prompt=a red cube", "recipe=dreamfusion", f"prior={PROJECT_ROOT / 'assets/priors/shapeworld'}"])
+    assert cfg.prior == str(PROJECT_ROOT / "assets/priors/shapeworld")  # absolute while it runs
+    stored = yaml.safe_load(to_yaml(cfg))
+    assert stored["prior"] == "assets/priors/shapeworld"
+    monkeypatch.chdir(tmp_path)  # elsewhere: resolved against the project
+    assert load_config({}, base=stored).prior == str(PROJECT_ROOT / "assets/priors/shapeworld")
+    outside = yaml.safe_load(to_yaml(load_config(base(latent_prior_dir))))
+    assert outside["prior"] == str(latent_prior_dir.resolve())
+
+
+def test_a_latent_stage_refuses_reference_colours_at_config_time(latent_prior_dir):
+    with pytest.raises(ConfigError, match=r"stages\.latent\.loss\.reference_rgb: a latent-nerf stage renders latents"):
+        load_config(["prompt=a red cube", "recipe=latent-nerf", f"prior={latent_prior_dir}",
+                     "stages.latent.loss.reference_rgb=1.0"])
