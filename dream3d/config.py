@@ -651,12 +651,8 @@ def _check_mesh_stage(p: str, st: StageConfig, stages: dict[str, StageConfig]) -
     _choice(f"{p}.mesh.light", m.light, ["studio", "uniform"])
     if len(m.init_size) != 3 or min(m.init_size) <= 0 or max(m.init_size) >= d.radius:
         raise ConfigError(f"{p}.mesh.init_size: expected three semi-axes in (0, dmtet.radius), got {list(m.init_size)}")
-    if min(m.init_fit_steps, m.texture_fit_steps, m.latent_mask_steps, m.render_fit_steps) < 0:
-        raise ConfigError(f"{p}.mesh: init_fit_steps, texture_fit_steps, latent_mask_steps and render_fit_steps must "
-                          "be >= 0")
-    if m.render_fit_steps > 0 and not 1 <= m.render_fit_batch <= m.render_fit_views:
-        raise ConfigError(f"{p}.mesh.render_fit_batch: expected 1 to render_fit_views ({m.render_fit_views}) views per "
-                          f"step, got {m.render_fit_batch}")
+    if min(m.init_fit_steps, m.texture_fit_steps, m.latent_mask_steps) < 0:
+        raise ConfigError(f"{p}.mesh: init_fit_steps, texture_fit_steps and latent_mask_steps must be >= 0")
     if st.init is None and m.init not in ("sphere", "ellipsoid") and not Path(m.init).expanduser().is_file():
         raise ConfigError(f"{p}.mesh.init: expected sphere, ellipsoid or a mesh file (.glb/.obj/.ply), got '{m.init}'"
                           " (not a file)")

@@ -15,12 +15,6 @@ class MeshStageConfig:
     init_size: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # sphere/ellipsoid semi-axes (x, y, z)
     init_fit_steps: int = 200  # from a NeRF: steps fitting the sdf to the density's level set (0: off)
     texture_fit_steps: int = 200  # from a NeRF: steps distilling its albedo into the DMTet's texture field
-    # dmtet from a NeRF: then steps fitting the mesh's albedo renders to the NeRF's, silhouettes where its renders
-    # reach render_fit_alpha, over render_fit_views views from the stage's cameras (0: off; systems/mesh.py fit_renders)
-    render_fit_steps: int = 0
-    render_fit_alpha: float = 0.3
-    render_fit_views: int = 32
-    render_fit_batch: int = 4  # views per step
     latent_mask_steps: int = 0  # geometry stage, latent priors: score [normal, mask] as latents before this step
     material: str = "albedo"  # texture stage: albedo (diffuse colour) | pbr (albedo, roughness, metallic, env light)
     light: str = "studio"  # pbr: environment light preset (studio | uniform)

@@ -38,7 +38,6 @@ from dream3d.render.mesh import render_mesh
 from dream3d.render.mesh_geometry import framed
 from dream3d.render.shading import point_light_shader
 from dream3d.representations.dmtet import DMTet
-from dream3d.schedule import scheduled
 from dream3d.systems.base import BaseSystem, LatentStage, choose_shading, laplacian_loss, normal_consistency_loss
 
 
@@ -361,64 +360,7 @@ class DMTetSystem(MeshSystem):
         m = self.stage_cfg.mesh
         if m.texture_fit_steps > 0:
             distill_albedo(particle.dmtet, lambda x: nerf(x)["albedo"], m.texture_fit_steps, self.run_cfg.seed)
-        if m.render_fit_steps > 0:
-            from dream3d.render.volume import VolumeRenderer
-
-            renderer = VolumeRenderer(init_cfg.renderer, init_cfg.representation.radius)
-            grid = {key[len("renderer."):]: v for key, v in part.items() if key.startswith("renderer.")}
-            if grid and renderer.grid is not None:
-                renderer.load_state_dict(grid)  # the NeRF stage's occupancy grid: its empty space is skipped
-            else:
-                renderer.grid = None
-            self.fit_renders(particle, nerf, renderer.to(self.device))
         return nerf
-
-    @torch.enable_grad()
-    def fit_renders(self, particle: MeshParticle, nerf, renderer) -> float:
-        """``mesh.render_fit_steps`` Adam steps (the stage's learning rates and geometry regularizers) fitting the
-        DMTet's albedo renders to the NeRF's (``renderer``: a :class:`~dream3d.render.volume.VolumeRenderer`, with the
-        NeRF stage's occupancy grid) from ``mesh.render_fit_views`` cameras drawn from the stage's camera
-        distribution, ``render_fit_batch`` views a step. A target pixel is the NeRF's colour where its opacity
-        reaches ``render_fit_alpha`` (the colour un-composited: the albedo render over black, divided by the
-        opacity), else the background; the loss is ½ Σ (rgb - target)² + ½ Σ (opacity - mask)² per view. The
-        level set starts every part at one density; the renders judge each view's silhouette, so a part the
-        NeRF renders faintly but opaque enough (a white body, a thin stem) is kept at its size. Returns the last
-        photometric loss."""
-        from dream3d.cameras import sample_cameras
-        from dream3d.render.background import Background
-
-        m = self.stage_cfg.mesh
-        alpha = m.render_fit_alpha
-        gen = torch.Generator().manual_seed(self.run_cfg.seed * 1_000_003 + 11)
-        views = [sample_cameras(self.stage_cfg.camera, gen, batch_size=1) for _ in range(m.render_fit_views)]
-        black = Background("solid", (0.0, 0.0, 0.0)).to(self.device)
-        bg = self.background()
-        targets, masks = [], []
-        with torch.no_grad():
-            for cams in views:
-                cams = cams.to(self.device)
-                rays_o, rays_d = cams.rays()
-                out = renderer(nerf, black, rays_o, rays_d, cams.light_position, "albedo")
-                mask = (out["opacity"] >= alpha).float()
-                colour = (out["rgb"] / out["opacity"].clamp_min(1e-4)).clamp(0.0, 1.0)
-                targets.append(mask * colour + (1.0 - mask) * bg)
-                masks.append(mask)
-        o = self.stage_cfg.optim
-        opt = torch.optim.Adam(self.particle_groups(particle, o), betas=tuple(o.betas), eps=o.eps)
-        photo = torch.zeros(())
-        for _ in range(m.render_fit_steps):
-            pick = torch.randperm(len(views), generator=gen)[:m.render_fit_batch].tolist()
-            out = self.render(particle, Cameras.cat([views[i] for i in pick]), "albedo")
-            target = torch.cat([targets[i] for i in pick])
-            mask = torch.cat([masks[i] for i in pick])
-            photo = 0.5 * ((out["rgb"] - target).pow(2).sum() + (out["opacity"] - mask).pow(2).sum()) / len(pick)
-            loss = photo
-            for term, value in self.regularizers(particle, out).items():
-                loss = loss + scheduled(getattr(self.stage_cfg.loss, term), 0) * value
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return float(photo.detach())
 
     def training_shading(self, step: int, gen: torch.Generator) -> str:
         return choose_shading(self.stage_cfg.renderer, step, gen)
