@@ -26,13 +26,13 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from dream3d.cameras import CameraConfig
 from dream3d.errors import Dream3DError
 from dream3d.guidance import GuidanceConfig
+from dream3d.paths import PROJECT_ROOT, portable_path
 from dream3d.reference import ReferenceConfig
 from dream3d.render.volume import RendererConfig
 from dream3d.representations.dmtet import DMTetConfig
 from dream3d.representations.nerf import NeRFConfig
 from dream3d.systems.config import LossConfig, MeshStageConfig, OptimConfig
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
 DEFAULT_PRIOR = "assets/priors/shapeworld"
 
@@ -922,18 +922,6 @@ def _check_nerfacc(key: str, device: str) -> None:
     except Exception:
         raise ConfigError(f"{key}: nerfacc does not import; install it with pip install 'nerfacc>=0.5' "
                           f"(or 'dream3d[cuda]'), or expected auto or torch") from None
-
-
-def portable_path(path: str) -> str:
-    """``path`` relative to the project when it lies inside it (the shipped priors), else as given: what a run
-    folder records, so a run made in one checkout resumes, refits and evaluates in another (``prior`` is resolved
-    against the project too, :func:`resolve_prior_path`)."""
-    if not path or not Path(path).is_absolute():
-        return path
-    try:
-        return Path(path).resolve().relative_to(PROJECT_ROOT).as_posix()
-    except ValueError:
-        return path
 
 
 def to_yaml(cfg: RunConfig) -> str:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dream3d.cameras import Cameras, framing_distance, make_cameras
+from dream3d.paths import portable_path
 
 
 @dataclass
@@ -143,8 +144,6 @@ CLEAR_SHARE = 2.5  # background: within threshold / 2.5 of its colour (0.02 at t
 
 
 def settings_record(cfg: ReferenceConfig, prompt: str, seed: int, prior_path: str, framing_radius: float) -> dict:
-    from dream3d.config import portable_path
-
     return {"prompt": prompt, "seed": int(seed), "prior": portable_path(str(prior_path)),
             "framing_radius": float(framing_radius), **asdict(cfg)}
 
