@@ -222,9 +222,6 @@ class BaseSystem(pl.LightningModule):
         if prior is not None and (self.wants("reference_mask") or self.wants("reference_rgb")):
             from dream3d.reference import load_or_draw
 
-            if self.wants("reference_rgb") and isinstance(self, LatentStage):
-                raise Dream3DError(f"stages.{stage_name}.loss.reference_rgb: this stage renders latents, not colours; "
-                                   "expected 0 (loss.reference_mask works)")
             folder = None if self.run_dir is None else RunFolder(self.run_dir).reference_dir
             self.reference = load_or_draw(folder, prior, run_cfg.prompt, run_cfg.reference, run_cfg.seed,
                                           stage_cfg.camera.framing_radius, tuple(self.reference_background()),
