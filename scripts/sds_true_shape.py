@@ -37,9 +37,13 @@ from dream3d.shapeworld.catalogue import catalogue  # noqa: E402
 
 
 def true_shape_scales(name: str, recipe: str = "mvdream", stage: str = "coarse", steps: int = 600, lr: float = 0.01,
-                      overrides: list[str] | None = None, prior=None, log=print) -> dict:
-    """Optimise the x/y/z scales of catalogue object ``name`` under ``stage``'s guidance (module docstring).
-    Returns {"name", "caption", "scales" [3] (means over the second half), "height_width"}."""
+                      overrides: list[str] | None = None, prior=None, log=print, start: tuple = (1.0, 1.0, 1.0),
+                      taper: bool = False, at_step: int | None = None) -> dict:
+    """Optimise the x/y/z scales of catalogue object ``name`` under ``stage``'s guidance (module docstring), from
+    the scales ``start``; ``taper`` learns a fourth number, the top's width over the bottom's (x and z scaled by
+    exp(k y / r) at height y, framing radius r; reported as exp(2k)); ``at_step``: the stage step whose timestep
+    range is used (None: the middle). Returns {"name", "caption", "scales" [3] (means over the second half),
+    "height_width", "taper"}."""
     objects = {o.name: o for o in catalogue()}
     if name not in objects:
         raise SystemExit(f"unknown catalogue object {name!r}; expected one of: {', '.join(sorted(objects))}")
@@ -52,14 +56,20 @@ def true_shape_scales(name: str, recipe: str = "mvdream", stage: str = "coarse",
     guidance = SDSGuidance(st.guidance, prior)
     prompts = PromptEmbeddings(prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent and not prior.takes_camera)
     verts = framed(obj.verts, st.camera.framing_radius)
-    log_scale = torch.zeros(3, requires_grad=True)
-    opt = torch.optim.Adam([log_scale], lr=lr)
+    log_scale = torch.tensor([math.log(v) for v in start], requires_grad=True)
+    k = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([log_scale, k] if taper else [log_scale], lr=lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    at_step = st.steps // 2
-    kept = []
+    at_step = st.steps // 2 if at_step is None else at_step
+    r = st.camera.framing_radius
+    kept, kept_k = [], []
     for step in range(steps):
         cams = sample_cameras(st.camera, gen)
-        out = render_mesh(verts * log_scale.exp(), obj.faces, cams, obj.colors, ambient=st.renderer.ambient,
+        v = verts * log_scale.exp()
+        if taper:
+            flare = torch.exp(k * verts[:, 1:2] / r)
+            v = torch.cat([v[:, :1] * flare, v[:, 1:2], v[:, 2:] * flare], dim=-1)
+        out = render_mesh(v, obj.faces, cams, obj.colors, ambient=st.renderer.ambient,
                           light=F.normalize(cams.light_position, dim=-1), background=1.0)
         labels = cams.view_labels(st.camera.front_threshold, st.camera.overhead_threshold)
         cond, uncond = prompts(labels)
@@ -69,10 +79,13 @@ def true_shape_scales(name: str, recipe: str = "mvdream", stage: str = "coarse",
         opt.step()
         if step >= steps // 2:
             kept.append(log_scale.detach().exp())
+            kept_k.append(float(k.detach()))
     s = torch.stack(kept).mean(0).tolist()
-    result = {"name": name, "caption": obj.caption, "scales": s, "height_width": s[1] / (0.5 * (s[0] + s[2]))}
-    log(f"{obj.caption}: scales x {s[0]:.3f} y {s[1]:.3f} z {s[2]:.3f}, height/width {result['height_width']:.3f} "
-        f"(the true object: 1)")
+    top_bottom = math.exp(2 * sum(kept_k) / len(kept_k))
+    result = {"name": name, "caption": obj.caption, "scales": s, "height_width": s[1] / (0.5 * (s[0] + s[2])),
+              "taper": top_bottom}
+    log(f"{obj.caption}: scales x {s[0]:.3f} y {s[1]:.3f} z {s[2]:.3f}, height/width {result['height_width']:.3f}"
+        + (f", top/bottom width {top_bottom:.3f}" if taper else "") + " (the true object: 1)")
     return result
 
 
@@ -85,13 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="run config overrides")
+    ap.add_argument("--start", default="1,1,1", help="starting scales x,y,z (e.g. 1,0.8,1: a squat start)")
+    ap.add_argument("--taper", action="store_true", help="also learn the top's width over the bottom's")
+    ap.add_argument("--at-step", type=int, default=None, help="the stage step whose timesteps are used (default: middle)")
     args = ap.parse_args(argv)
+    try:
+        start = tuple(float(v) for v in args.start.split(","))
+    except ValueError:
+        start = ()
+    if len(start) != 3 or min(start) <= 0:
+        raise SystemExit(f"--start {args.start}: expected three positive numbers x,y,z")
     if args.steps < 2 or not math.isfinite(args.lr) or args.lr <= 0:
         raise SystemExit(f"--steps {args.steps} --lr {args.lr}: expected at least 2 steps and a positive lr")
     # the prior once for every object (the config needs a prompt to be checked; the prior does not depend on it)
     prior = load_prior(load_config([f"recipe={args.recipe}", "prompt=a red cube", *args.set]).prior)
     for name in args.objects:
-        true_shape_scales(name, args.recipe, args.stage, args.steps, args.lr, args.set, prior)
+        true_shape_scales(name, args.recipe, args.stage, args.steps, args.lr, args.set, prior, start=start,
+                          taper=args.taper, at_step=args.at_step)
     return 0
 
 

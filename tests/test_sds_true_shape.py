@@ -37,3 +37,16 @@ def test_main_runs_end_to_end(script, capsys):
     assert [line.split(":")[0] for line in out] == ["a red cube", "a blue cone"]
     with pytest.raises(SystemExit, match="expected at least 2 steps"):
         script.main(["red_cube", "--steps", "1"])
+
+
+def test_a_squat_start_and_the_taper(script):
+    # --start: the scales begin where asked (a squat cube stays near 0.8 after a few small steps); --taper: a fourth
+    # number, the top's width over the bottom's, learnt through the same raster and reported
+    lines = []
+    out = script.true_shape_scales("red_cube", steps=4, lr=0.01, log=lines.append, start=(1.0, 0.8, 1.0), taper=True,
+                                   at_step=599)
+    assert 0.7 < out["scales"][1] < 0.9 and 0.7 < out["height_width"] < 0.9
+    assert math.isfinite(out["taper"]) and out["taper"] != 1.0
+    assert "top/bottom width" in lines[0]
+    with pytest.raises(SystemExit, match="--start 1,0: expected three positive numbers"):
+        script.main(["red_cube", "--start", "1,0"])
