@@ -12,6 +12,11 @@ Only three numbers are learnt: the log-scales along x, y (up) and z (Adam, ``--l
 the true shape the scales wander about 1 and the height over the width stays about 1; a drift is what the guidance
 itself would make of the object before any NeRF, DMTet or regulariser has a say. Prints, per object, the mean
 scales over the second half of the steps and height/width (y over the mean of x and z).
+
+``--run FOLDER`` asks the same of a fitted run's NeRF stage instead (``--stage``, default coarse): the NeRF is frozen
+and rendered through rays mapped by the inverse of the three scales (so it is stretched by them in the world; its
+sample spacing stays in world units), with the stage's shading, cameras and guidance; only the scales are learnt.
+Scales above 1 are what the guidance would add to the fitted object (docs/quality.md, round 19).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from dream3d.prior import PromptEmbeddings, load_prior  # noqa: E402
 from dream3d.render.mesh import render_mesh  # noqa: E402
 from dream3d.render.mesh_geometry import framed  # noqa: E402
 from dream3d.shapeworld.catalogue import catalogue  # noqa: E402
+from dream3d.systems.base import choose_shading  # noqa: E402
 
 
 def true_shape_scales(name: str, recipe: str = "mvdream", stage: str = "coarse", steps: int = 600, lr: float = 0.01,
@@ -89,6 +95,51 @@ def true_shape_scales(name: str, recipe: str = "mvdream", stage: str = "coarse",
     return result
 
 
+def fitted_nerf_scales(run_dir: str, stage: str = "coarse", steps: int = 300, lr: float = 0.01,
+                       at_step: int | None = None, prior=None, log=print) -> dict:
+    """The probe on a fitted run's NeRF stage (module docstring): {"caption", "scales", "height_width"}."""
+    from dream3d.export.run import ExportError, load_stage
+    from dream3d.rundir import RunFolder
+
+    try:
+        loaded = load_stage(run_dir, stage)
+    except ExportError as exc:
+        raise SystemExit(str(exc)) from None
+    if not loaded.particles[0].volume:
+        raise SystemExit(f"--run {run_dir}: stage {stage!r} is a mesh stage; expected a NeRF stage (e.g. coarse)")
+    cfg = RunFolder(run_dir).read_config()
+    st, particle = loaded.cfg, loaded.particles[0]
+    for q in particle.parameters():
+        q.requires_grad_(False)
+    prior = prior or load_prior(cfg.prior)
+    guidance = SDSGuidance(st.guidance, prior)
+    prompts = PromptEmbeddings(prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent and not prior.takes_camera)
+    log_scale = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.Adam([log_scale], lr=lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    at_step = st.steps // 2 if at_step is None else at_step
+    kept = []
+    for step in range(steps):
+        cams = sample_cameras(st.camera, gen)
+        shading = choose_shading(st.renderer, at_step, gen)
+        rays_o, rays_d = cams.rays()
+        scale = log_scale.exp()
+        out = particle.renderer(particle.nerf, particle.background, rays_o / scale, rays_d / scale,
+                                cams.light_position, shading, True, gen, None, shading != "albedo")
+        cond, uncond = prompts(cams.view_labels(st.camera.front_threshold, st.camera.overhead_threshold))
+        loss = guidance(out["rgb"], cond, uncond, at_step, generator=gen, cameras=cams)["sds"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= steps // 2:
+            kept.append(log_scale.detach().exp())
+    s = torch.stack(kept).mean(0).tolist()
+    result = {"caption": cfg.prompt, "scales": s, "height_width": s[1] / (0.5 * (s[0] + s[2]))}
+    log(f"{cfg.prompt} (fitted {stage} NeRF): scales x {s[0]:.3f} y {s[1]:.3f} z {s[2]:.3f}, height/width "
+        f"{result['height_width']:.3f} (the fit as it is: 1)")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("objects", nargs="*", default=["red_cube", "blue_cone", "red_pyramid", "yellow_cylinder"],
@@ -101,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start", default="1,1,1", help="starting scales x,y,z (e.g. 1,0.8,1: a squat start)")
     ap.add_argument("--taper", action="store_true", help="also learn the top's width over the bottom's")
     ap.add_argument("--at-step", type=int, default=None, help="the stage step whose timesteps are used (default: middle)")
+    ap.add_argument("--run", default=None, metavar="FOLDER",
+                    help="probe this fitted run's NeRF stage (--stage) instead of true objects")
     args = ap.parse_args(argv)
     try:
         start = tuple(float(v) for v in args.start.split(","))
@@ -110,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--start {args.start}: expected three positive numbers x,y,z")
     if args.steps < 2 or not math.isfinite(args.lr) or args.lr <= 0:
         raise SystemExit(f"--steps {args.steps} --lr {args.lr}: expected at least 2 steps and a positive lr")
+    if args.run is not None:
+        fitted_nerf_scales(args.run, args.stage, args.steps, args.lr, args.at_step)
+        return 0
     # the prior once for every object (the config needs a prompt to be checked; the prior does not depend on it)
     prior = load_prior(load_config([f"recipe={args.recipe}", "prompt=a red cube", *args.set]).prior)
     for name in args.objects:

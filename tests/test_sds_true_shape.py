@@ -50,3 +50,26 @@ def test_a_squat_start_and_the_taper(script):
     assert "top/bottom width" in lines[0]
     with pytest.raises(SystemExit, match="--start 1,0: expected three positive numbers"):
         script.main(["red_cube", "--start", "1,0"])
+
+
+def test_the_probe_on_a_fitted_nerf(script, camera_prior_dir, tmp_path):
+    # --run: a real (tiny) mvdream fit through the trainer, then its frozen coarse NeRF stretched by three learnt scales;
+    # the SDS gradient reaches them through the volume renderer's rays
+    from test_mesh_stages import tiny
+
+    from dream3d.config import load_config
+    from dream3d.run import fit
+
+    cfg = load_config(["prompt=a red cube", f"prior={camera_prior_dir}", "recipe=mvdream", "stages.coarse.steps=3",
+                       "stages.fine.steps=2", *tiny(["coarse", "fine"], fine__dmtet__resolution=16,
+                                                    fine__mesh__init_fit_steps=2, fine__mesh__texture_fit_steps=2)])
+    run = tmp_path / "run"
+    assert fit(cfg, run, show_progress=False)["status"] == "done"
+    lines = []
+    out = script.fitted_nerf_scales(str(run), steps=4, lr=0.05, log=lines.append)
+    assert out["caption"] == "a red cube" and all(math.isfinite(s) and abs(s - 1.0) > 1e-4 for s in out["scales"])
+    assert "fitted coarse NeRF" in lines[0]
+    with pytest.raises(SystemExit, match="is a mesh stage"):
+        script.fitted_nerf_scales(str(run), stage="fine", steps=2)
+    with pytest.raises(SystemExit, match="not a folder"):
+        script.fitted_nerf_scales(str(tmp_path / "nothing"), steps=2)
