@@ -42,6 +42,37 @@ from dream3d.shapeworld.catalogue import catalogue  # noqa: E402
 from dream3d.systems.base import choose_shading  # noqa: E402
 
 
+def distil_scales(cfg, st, prior, render, steps: int, lr: float, at_step: int | None,
+                  start: tuple = (1.0, 1.0, 1.0), taper: bool = False) -> tuple[list[float], float]:
+    """The probes' loop: ``render(cams, scale [3], k [1], shading_step, gen) -> rgb`` scored by ``st``'s guidance with
+    the timestep range of stage step ``at_step`` (None: the middle); Adam on the log-scales from ``start`` (and on the
+    taper ``k`` when ``taper``). Returns the mean scales over the second half of the steps and the mean k there."""
+    guidance = SDSGuidance(st.guidance, prior)
+    prompts = PromptEmbeddings(prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent and not prior.takes_camera)
+    log_scale = torch.tensor([math.log(v) for v in start], requires_grad=True)
+    k = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.Adam([log_scale, k] if taper else [log_scale], lr=lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    at_step = st.steps // 2 if at_step is None else at_step
+    kept, kept_k = [], []
+    for step in range(steps):
+        cams = sample_cameras(st.camera, gen)
+        rgb = render(cams, log_scale.exp(), k, at_step, gen)
+        cond, uncond = prompts(cams.view_labels(st.camera.front_threshold, st.camera.overhead_threshold))
+        loss = guidance(rgb, cond, uncond, at_step, generator=gen, cameras=cams)["sds"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= steps // 2:
+            kept.append(log_scale.detach().exp())
+            kept_k.append(float(k.detach()))
+    return torch.stack(kept).mean(0).tolist(), sum(kept_k) / len(kept_k)
+
+
+def height_width(s: list[float]) -> float:
+    return s[1] / (0.5 * (s[0] + s[2]))
+
+
 def true_shape_scales(name: str, recipe: str = "mvdream", stage: str = "coarse", steps: int = 600, lr: float = 0.01,
                       overrides: list[str] | None = None, prior=None, log=print, start: tuple = (1.0, 1.0, 1.0),
                       taper: bool = False, at_step: int | None = None) -> dict:
@@ -58,38 +89,20 @@ def true_shape_scales(name: str, recipe: str = "mvdream", stage: str = "coarse",
     if stage not in cfg.stages:
         raise SystemExit(f"recipe {recipe} has no stage {stage!r}; it has: {', '.join(cfg.stages)}")
     st = cfg.stages[stage]
-    prior = prior or load_prior(cfg.prior)
-    guidance = SDSGuidance(st.guidance, prior)
-    prompts = PromptEmbeddings(prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent and not prior.takes_camera)
-    verts = framed(obj.verts, st.camera.framing_radius)
-    log_scale = torch.tensor([math.log(v) for v in start], requires_grad=True)
-    k = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.Adam([log_scale, k] if taper else [log_scale], lr=lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    at_step = st.steps // 2 if at_step is None else at_step
     r = st.camera.framing_radius
-    kept, kept_k = [], []
-    for step in range(steps):
-        cams = sample_cameras(st.camera, gen)
-        v = verts * log_scale.exp()
+    verts = framed(obj.verts, r)
+
+    def render(cams, scale, k, shading_step, gen):
+        v = verts * scale
         if taper:
             flare = torch.exp(k * verts[:, 1:2] / r)
             v = torch.cat([v[:, :1] * flare, v[:, 1:2], v[:, 2:] * flare], dim=-1)
-        out = render_mesh(v, obj.faces, cams, obj.colors, ambient=st.renderer.ambient,
-                          light=F.normalize(cams.light_position, dim=-1), background=1.0)
-        labels = cams.view_labels(st.camera.front_threshold, st.camera.overhead_threshold)
-        cond, uncond = prompts(labels)
-        loss = guidance(out["rgb"], cond, uncond, at_step, generator=gen, cameras=cams)["sds"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step >= steps // 2:
-            kept.append(log_scale.detach().exp())
-            kept_k.append(float(k.detach()))
-    s = torch.stack(kept).mean(0).tolist()
-    top_bottom = math.exp(2 * sum(kept_k) / len(kept_k))
-    result = {"name": name, "caption": obj.caption, "scales": s, "height_width": s[1] / (0.5 * (s[0] + s[2])),
-              "taper": top_bottom}
+        return render_mesh(v, obj.faces, cams, obj.colors, ambient=st.renderer.ambient,
+                           light=F.normalize(cams.light_position, dim=-1), background=1.0)["rgb"]
+
+    s, k = distil_scales(cfg, st, prior or load_prior(cfg.prior), render, steps, lr, at_step, start, taper)
+    top_bottom = math.exp(2 * k)
+    result = {"name": name, "caption": obj.caption, "scales": s, "height_width": height_width(s), "taper": top_bottom}
     log(f"{obj.caption}: scales x {s[0]:.3f} y {s[1]:.3f} z {s[2]:.3f}, height/width {result['height_width']:.3f}"
         + (f", top/bottom width {top_bottom:.3f}" if taper else "") + " (the true object: 1)")
     return result
@@ -111,30 +124,15 @@ def fitted_nerf_scales(run_dir: str, stage: str = "coarse", steps: int = 300, lr
     st, particle = loaded.cfg, loaded.particles[0]
     for q in particle.parameters():
         q.requires_grad_(False)
-    prior = prior or load_prior(cfg.prior)
-    guidance = SDSGuidance(st.guidance, prior)
-    prompts = PromptEmbeddings(prior, cfg.prompt, cfg.negative_prompt, cfg.view_dependent and not prior.takes_camera)
-    log_scale = torch.zeros(3, requires_grad=True)
-    opt = torch.optim.Adam([log_scale], lr=lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    at_step = st.steps // 2 if at_step is None else at_step
-    kept = []
-    for step in range(steps):
-        cams = sample_cameras(st.camera, gen)
-        shading = choose_shading(st.renderer, at_step, gen)
+
+    def render(cams, scale, k, shading_step, gen):
+        shading = choose_shading(st.renderer, shading_step, gen)
         rays_o, rays_d = cams.rays()
-        scale = log_scale.exp()
-        out = particle.renderer(particle.nerf, particle.background, rays_o / scale, rays_d / scale,
-                                cams.light_position, shading, True, gen, None, shading != "albedo")
-        cond, uncond = prompts(cams.view_labels(st.camera.front_threshold, st.camera.overhead_threshold))
-        loss = guidance(out["rgb"], cond, uncond, at_step, generator=gen, cameras=cams)["sds"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step >= steps // 2:
-            kept.append(log_scale.detach().exp())
-    s = torch.stack(kept).mean(0).tolist()
-    result = {"caption": cfg.prompt, "scales": s, "height_width": s[1] / (0.5 * (s[0] + s[2]))}
+        return particle.renderer(particle.nerf, particle.background, rays_o / scale, rays_d / scale,
+                                 cams.light_position, shading, True, gen, None, shading != "albedo")["rgb"]
+
+    s, _ = distil_scales(cfg, st, prior or load_prior(cfg.prior), render, steps, lr, at_step)
+    result = {"caption": cfg.prompt, "scales": s, "height_width": height_width(s)}
     log(f"{cfg.prompt} (fitted {stage} NeRF): scales x {s[0]:.3f} y {s[1]:.3f} z {s[2]:.3f}, height/width "
         f"{result['height_width']:.3f} (the fit as it is: 1)")
     return result
