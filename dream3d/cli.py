@@ -318,7 +318,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     except (ConfigError, EvalError) as exc:
         return _error(str(exc))
     print(format_table(result))
-    print(f"wrote {RunFolder(args.run).eval_path} (classifier {result['classifier']}, {result['seconds']} s)")
+    run = RunFolder(args.run)
+    pictures = f" and {run.eval_silhouettes_path.name}" if run.eval_silhouettes_path.is_file() else ""
+    print(f"wrote {run.eval_path}{pictures} (classifier {result['classifier']}, {result['seconds']} s)")
     return 0
 
 

@@ -64,7 +64,7 @@ from torch import Tensor
 
 from dream3d.cameras import Cameras, turntable
 from dream3d.errors import Dream3DError
-from dream3d.io import write_json
+from dream3d.io import save_png, write_json
 from dream3d.render.mesh_geometry import occupancy
 from dream3d.representations.mesh import TexturedMesh
 from dream3d.shapeworld.catalogue import match_prompt  # noqa: F401  (where the commands and scripts find it)
@@ -222,6 +222,19 @@ def _compare(out: dict, truth: dict) -> tuple[list[float], list[Optional[float]]
     return iou.tolist(), per_view, total
 
 
+def silhouette_difference(alpha: Tensor, true_alpha: Tensor, per_row: int = 8) -> Tensor:
+    """Where a mesh's silhouettes differ from the truth's: alphas [V,H,W] (or [V,H,W,1]) -> uint8 [rows*H, per_row*W, 3],
+    the views left to right, then down: green where both cover, red where only the mesh does (too much), blue
+    where only the truth does (missing), black where neither. What the silhouette IoU counts, as a picture."""
+    m, t = alpha.squeeze(-1) > 0.5, true_alpha.squeeze(-1) > 0.5
+    img = torch.stack([m & ~t, m & t, t & ~m], -1).to(torch.uint8) * 255  # [V,H,W,3]
+    v, h, w, _ = img.shape
+    per_row = max(1, min(per_row, v))
+    rows = -(-v // per_row)
+    img = torch.cat([img, img.new_zeros(rows * per_row - v, h, w, 3)])  # blank tiles fill the last row
+    return img.view(rows, per_row, h, w, 3).permute(0, 2, 1, 3, 4).reshape(rows * h, per_row * w, 3)
+
+
 def _view_figures(rows: list[dict], probs: Tensor, views: list[str]) -> dict:
     """front_accuracy, janus, front_azimuth, front_ok from the classifier's view probabilities [B,4]."""
     counted = [r for r in rows if r["counted"]]
@@ -242,12 +255,13 @@ def _view_figures(rows: list[dict], probs: Tensor, views: list[str]) -> dict:
 
 def evaluate_mesh(
     mesh: TexturedMesh, prompt: str, classifier=None, views: int = 16, elevation: float = 15.0, size: int = 64,
-    volume_res: int = VOLUME_RES, align: bool = True,
+    volume_res: int = VOLUME_RES, align: bool = True, images: Optional[dict] = None,
 ) -> dict:
     """Score ``mesh`` for ``prompt`` (see the module docstring). ``classifier``: a loaded
     :class:`~dream3d.shapeworld.classifier.ShapeClassifier`, or None for the classifier-free figures.
 
-    ``volume_res``: the occupancy grid of ``volume_iou`` (cells per side). ``align``: for a catalogue object
+    ``volume_res``: the occupancy grid of ``volume_iou`` (cells per side). ``images``: a dict that, for a catalogue
+    object, receives ``silhouettes``, the :func:`silhouette_difference` of the views the IoU compares. ``align``: for a catalogue object
     without a front, first turn the mesh about the vertical by :func:`align_yaw` (reported as ``yaw``); objects
     with a front are never turned: facing the front is part of what is measured.
 
@@ -282,7 +296,10 @@ def evaluate_mesh(
         both = max(radius, float(true_mesh.verts.norm(dim=-1).max()))
         cmp_cams = cams if both == radius else eval_cameras(views, elevation, size, both)
         cmp = out if both == radius else render_eval(mesh, cmp_cams)
-        iou, errors, total = _compare(cmp, render_eval(true_mesh, cmp_cams))
+        truth = render_eval(true_mesh, cmp_cams)
+        iou, errors, total = _compare(cmp, truth)
+        if images is not None:
+            images["silhouettes"] = silhouette_difference(cmp["alpha"], truth["alpha"])
         figures["iou"], figures["colour_error"] = sum(iou) / len(iou), total
         for row, i, e in zip(rows, iou, errors):
             row.update(iou=_r(i), colour_error=_r(e))
@@ -366,7 +383,8 @@ def evaluate_run(
     size: int = 64,
 ) -> dict:
     """Evaluate a run's exported mesh (``export/model.glb``, exported first when missing) for its prompt and
-    write ``<run>/eval.json`` atomically. Returns the result (:func:`evaluate_mesh` plus run, mesh, classifier,
+    write ``<run>/eval.json`` atomically, and for a catalogue object ``<run>/eval_silhouettes.png``
+    (:func:`silhouette_difference`). Returns the result (:func:`evaluate_mesh` plus run, mesh, classifier,
     seconds)."""
     from dream3d.export.mesh import load_mesh
     from dream3d.rundir import RunFolder, check_writable
@@ -394,9 +412,14 @@ def evaluate_run(
         mesh = load_mesh(glb)
     except ValueError as exc:
         raise EvalError(f"{glb}: {exc}") from None
-    result = evaluate_mesh(mesh, cfg.prompt, classifier, views, elevation, size)
+    images: dict = {}
+    result = evaluate_mesh(mesh, cfg.prompt, classifier, views, elevation, size, images=images)
     result = {"run": str(run_dir), "mesh": str(glb.relative_to(run_dir)), "classifier": str(folder), **result,
               "seconds": round(time.perf_counter() - start, 2)}
+    if "silhouettes" in images:
+        save_png(run.eval_silhouettes_path, images["silhouettes"].numpy())
+    elif run.eval_silhouettes_path.exists():  # an earlier prompt's picture would mislead
+        run.eval_silhouettes_path.unlink()
     write_json(run.eval_path, result)
     return result
 

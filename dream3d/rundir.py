@@ -42,6 +42,7 @@ SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"
 EXPORT_DIR = "export"
 EVAL_FILE = "eval.json"
+EVAL_SILHOUETTES_FILE = "eval_silhouettes.png"  # where the silhouettes differ from the truth
 MESH_FILE, VIDEO_FILE = "model.glb", "turntable.mp4"
 BATCH_RECORD, BATCH_LOG = "batch.json", "batch.log"
 REFERENCE_DIR = "reference"
@@ -88,6 +89,11 @@ class RunFolder:
     @property
     def eval_path(self) -> Path:
         return self.path / EVAL_FILE
+
+    @property
+    def eval_silhouettes_path(self) -> Path:
+        """``eval_silhouettes.png``: :func:`dream3d.eval.silhouette_difference` of the last ``dream3d eval``."""
+        return self.path / EVAL_SILHOUETTES_FILE
 
     @property
     def reference_dir(self) -> Path:

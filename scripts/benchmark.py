@@ -386,7 +386,8 @@ def copy_without(source: Path, dest: Path, stage: str) -> None:
     if dest.exists():
         shutil.rmtree(dest)
     dst = RunFolder(dest)
-    skip = {src.export_dir.resolve(), src.eval_path.resolve(), (source / RUN_FILE).resolve()}
+    skip = {src.export_dir.resolve(), src.eval_path.resolve(), src.eval_silhouettes_path.resolve(),
+            (source / RUN_FILE).resolve()}
     skip |= {src.ckpt(n).parent.resolve() for n in later} | {src.stage_dir(n).resolve() for n in later}
 
     def ignore(folder: str, entries: list[str]) -> set[str]:

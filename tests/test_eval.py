@@ -8,8 +8,10 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from dream3d import cli
 from dream3d.cameras import turntable
@@ -27,6 +29,7 @@ from dream3d.eval import (
     match_prompt,
     occupancy,
     shape_figures,
+    silhouette_difference,
     surface_samples,
 )
 from dream3d.eval import turn as turn_mesh
@@ -170,6 +173,28 @@ def test_eval_command_writes_eval_json(tmp_path, capsys, untrained_classifier_di
     assert data["volume_iou"] >= 0.99 and data["chamfer"] < 0.01  # ... and the geometry
     assert Path(data["classifier"]) == (prior / "classifier").resolve()
     assert not list(run.glob(".*tmp*"))  # written atomically
+    picture = np.asarray(Image.open(run / "eval_silhouettes.png"))  # 4 views of 64 px in one row: the truth itself
+    assert picture.shape == (64, 256, 3) and "eval_silhouettes.png" in out
+    assert (picture[..., 1] == 255).mean() > 0.05 and (picture[..., 0] == 255).mean() < 0.01 \
+        and (picture[..., 2] == 255).mean() < 0.01
+    # a prompt outside the catalogue has no truth to draw against: the old picture goes
+    write_text(run / "config.yaml", to_yaml(RunConfig(prompt="a dragon", prior=str(prior))))
+    assert cli.main(["eval", str(run), "views=4"]) == 0
+    assert not (run / "eval_silhouettes.png").exists() and "eval_silhouettes.png" not in capsys.readouterr().out
+
+
+def test_silhouette_difference_colours_what_the_iou_counts():
+    truth = torch.zeros(3, 8, 8)
+    truth[:, 2:6, 2:6] = 1.0  # a square
+    mesh = torch.zeros(3, 8, 8)
+    mesh[:, 2:6, 4:8] = 1.0  # the square moved right by 2
+    img = silhouette_difference(mesh[..., None], truth[..., None], per_row=2)
+    assert img.shape == (16, 16, 3) and img.dtype == torch.uint8  # 2 views a row, 2 rows, the last tile blank
+    tile = img[:8, :8]
+    assert (tile[2:6, 4:6] == torch.tensor([0, 255, 0], dtype=torch.uint8)).all()  # both
+    assert (tile[2:6, 6:8] == torch.tensor([255, 0, 0], dtype=torch.uint8)).all()  # the mesh only: too much
+    assert (tile[2:6, 2:4] == torch.tensor([0, 0, 255], dtype=torch.uint8)).all()  # the truth only: missing
+    assert int(tile.sum()) == 255 * 24 and int(img[8:, 8:].sum()) == 0
 
 
 @pytest.mark.parametrize("args, needle", [
