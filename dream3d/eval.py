@@ -260,10 +260,10 @@ def evaluate_mesh(
     """Score ``mesh`` for ``prompt`` (see the module docstring). ``classifier``: a loaded
     :class:`~dream3d.shapeworld.classifier.ShapeClassifier`, or None for the classifier-free figures.
 
-    ``volume_res``: the occupancy grid of ``volume_iou`` (cells per side). ``images``: a dict that, for a catalogue
-    object, receives ``silhouettes``, the :func:`silhouette_difference` of the views the IoU compares. ``align``: for a catalogue object
+    ``volume_res``: the occupancy grid of ``volume_iou`` (cells per side). ``align``: for a catalogue object
     without a front, first turn the mesh about the vertical by :func:`align_yaw` (reported as ``yaw``); objects
-    with a front are never turned: facing the front is part of what is measured.
+    with a front are never turned: facing the front is part of what is measured. ``images``: a dict that, for a
+    catalogue object, receives ``silhouettes``, the :func:`silhouette_difference` of the views the IoU compares.
 
     Returns a JSON-ready dict: prompt, caption, in_catalogue, object, has_front, settings, the figures of
     :data:`FIGURES` (None when unavailable), front_ok, coverage, top_caption, ``unavailable`` {figure: reason}
