@@ -211,9 +211,14 @@ def shape_figures(mesh: TexturedMesh, true_mesh: TexturedMesh, res: int = VOLUME
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _silhouette(alpha: Tensor) -> Tensor:
+    """Rendered alpha [V,H,W,1] (or [V,H,W]) -> the silhouette [V,H,W] that ``iou`` compares (alpha > 0.5)."""
+    return (alpha.squeeze(-1) if alpha.dim() == 4 else alpha) > 0.5
+
+
 def _compare(out: dict, truth: dict) -> tuple[list[float], list[Optional[float]], Optional[float]]:
     """Per-view IoU and colour error, and the colour error over all pixels both cover."""
-    m, t = out["alpha"][..., 0] > 0.5, truth["alpha"][..., 0] > 0.5
+    m, t = _silhouette(out["alpha"]), _silhouette(truth["alpha"])
     inter, union = (m & t).flatten(1).sum(1), (m | t).flatten(1).sum(1)
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union, dtype=torch.float32))
     diff = (out["albedo"] - truth["albedo"]).abs().mean(-1) * (m & t)
@@ -226,7 +231,7 @@ def silhouette_difference(alpha: Tensor, true_alpha: Tensor, per_row: int = 8) -
     """Where a mesh's silhouettes differ from the truth's: alphas [V,H,W] (or [V,H,W,1]) -> uint8 [rows*H, per_row*W, 3],
     the views left to right, then down: green where both cover, red where only the mesh does (too much), blue
     where only the truth does (missing), black where neither. What the silhouette IoU counts, as a picture."""
-    m, t = alpha.squeeze(-1) > 0.5, true_alpha.squeeze(-1) > 0.5
+    m, t = _silhouette(alpha), _silhouette(true_alpha)
     img = torch.stack([m & ~t, m & t, t & ~m], -1).to(torch.uint8) * 255  # [V,H,W,3]
     v, h, w, _ = img.shape
     per_row = max(1, min(per_row, v))
